@@ -1,0 +1,186 @@
+//! The offline commands of DESIGN.md 8: `init`, `reset-master`, `users`, `activity`.
+//!
+//! They open the store directly, so they refuse with a clear message while the daemon holds
+//! it. A code is read from the terminal without echo, or from stdin when that is not a
+//! terminal (one trailing newline dropped), and never printed.
+
+use std::io::{IsTerminal, Read, Write};
+
+use anyhow::{bail, Context};
+use jiff::Timestamp;
+
+use crate::codes::{Code, LookupKey};
+use crate::config::Config;
+use crate::events::{Event, EventType};
+use crate::store::{Change, Create, Store};
+use crate::users::{Role, User};
+
+const SOURCE: &str = "cli";
+
+/// Reads a code: twice without echo on a terminal, else once from stdin.
+pub fn read_code(prompt: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("{prompt}: "))?;
+        let second = rpassword::prompt_password("The same code again: ")?;
+        if first != second {
+            bail!("the two codes differ; nothing was changed");
+        }
+        Ok(first)
+    } else {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the code from stdin")?;
+        if let Some(stripped) = text.strip_suffix('\n') {
+            text = stripped.strip_suffix('\r').unwrap_or(stripped).to_owned();
+        }
+        Ok(text)
+    }
+}
+
+fn parse_code(config: &Config, raw: &str) -> anyhow::Result<Code> {
+    Code::parse(raw, config.codes.min_length, config.codes.max_length)
+        .map_err(|e| anyhow::anyhow!("that code cannot be used: {e}; nothing was changed"))
+}
+
+/// `init`: creates the store, the secret and the master user.
+pub fn init(
+    config: &Config,
+    name: &str,
+    read: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<User> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        bail!("--name must be 1 to 64 characters");
+    }
+    let store = Store::open(config, Create::Allowed)?;
+    if let Some(master) = store.master()? {
+        bail!(
+            "a master already exists ({:?}); use `keypad-bridge reset-master` to give it a new code",
+            master.name
+        );
+    }
+    let code = parse_code(config, &read()?)?;
+    let key = store.keyer().key(&code);
+    if store.code_taken(&key)? {
+        bail!("that code is already used by another user; choose another one");
+    }
+    let now = Timestamp::now();
+    let user = User {
+        id: store.new_user_id()?,
+        name: name.to_owned(),
+        role: Role::Master,
+        active: true,
+        code_key: Some(key.to_hex()),
+        notify: None,
+        valid_from: None,
+        valid_until: None,
+        schedule: None,
+        max_uses: None,
+        uses: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    store.commit(Change {
+        put_users: vec![user.clone()],
+        put_codes: vec![(key, user.id.clone())],
+        events: vec![
+            Event::new(EventType::UserAdded, now).source(SOURCE).about(&user),
+            Event::new(EventType::CodeSet, now).source(SOURCE).about(&user),
+        ],
+        ..Change::default()
+    })?;
+    Ok(user)
+}
+
+/// `reset-master`: a new code for the master (local recovery of a lost main code).
+pub fn reset_master(
+    config: &Config,
+    read: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<User> {
+    let store = Store::open(config, Create::Refused)?;
+    let Some(mut master) = store.master()? else {
+        bail!("there is no master yet; create it with `keypad-bridge init`");
+    };
+    let code = parse_code(config, &read()?)?;
+    let key = store.keyer().key(&code);
+    if let Some(holder) = store.user_by_key(&key)? {
+        if holder.id != master.id {
+            bail!("that code is already used by another user; choose another one");
+        }
+    }
+    let now = Timestamp::now();
+    let mut change = Change::default();
+    change
+        .delete_codes
+        .extend(master.code_key.as_deref().and_then(LookupKey::from_hex));
+    change.put_codes.push((key, master.id.clone()));
+    master.code_key = Some(key.to_hex());
+    master.uses = 0;
+    master.updated_at = now;
+    change
+        .events
+        .push(Event::new(EventType::CodeSet, now).source(SOURCE).about(&master));
+    change.put_users.push(master.clone());
+    store.commit(change)?;
+    Ok(master)
+}
+
+/// `users`: one line per user, no codes.
+pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = Store::open(config, Create::Refused)?;
+    let users = store.users()?;
+    if users.is_empty() {
+        writeln!(out, "no users yet: create the master with `keypad-bridge init`")?;
+    }
+    for u in users {
+        let mut rules = Vec::new();
+        if let Some(t) = u.valid_from {
+            rules.push(format!("from {t}"));
+        }
+        if let Some(t) = u.valid_until {
+            rules.push(format!("until {t}"));
+        }
+        if let Some(s) = &u.schedule {
+            rules.push(format!("{} weekly window(s)", s.len()));
+        }
+        if let Some(m) = u.max_uses {
+            rules.push(format!("max {m} uses"));
+        }
+        writeln!(
+            out,
+            "{:<10} {:<20} {:<8} {:<8} {:<7} uses={:<5} {}",
+            u.id,
+            u.name,
+            u.role.as_str(),
+            if u.active { "active" } else { "inactive" },
+            if u.has_code() { "code" } else { "no code" },
+            u.uses,
+            rules.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// `activity`: the newest entries first.
+pub fn activity(config: &Config, limit: usize, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = Store::open(config, Create::Refused)?;
+    for e in store.activity(limit, None, None)? {
+        let mut line = format!("{:>6} {} {:<17}", e.seq, e.at, e.event_type.as_str());
+        for (key, value) in [
+            ("user", &e.user),
+            ("source", &e.source),
+            ("reason", &e.reason),
+            ("by", &e.by),
+        ] {
+            if let Some(v) = value {
+                line.push_str(&format!(" {key}={v}"));
+            }
+        }
+        if let Some(until) = e.until {
+            line.push_str(&format!(" until={until}"));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}

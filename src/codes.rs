@@ -1,0 +1,245 @@
+//! Keypad codes: the [`Code`] type, its format rules, and the Argon2id lookup key (DESIGN.md 1, 2).
+//!
+//! A code is a secret with a tiny keyspace. It lives in a [`Code`] value that cannot be printed
+//! (`Debug` shows `***`, there is no `Display`) and is turned into a lookup key by exactly one
+//! Argon2id computation, keyed by the site secret and salted by the site salt, so that the store
+//! maps lookup key → user id and checking a code never depends on the number of users.
+//! Everything here is pure and synchronous; the daemon runs [`LookupKeyer::key`] off the runtime.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use serde::{Deserialize, Serialize};
+
+/// A keypad code that has passed the format rules. It can be compared and hashed, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Code(String);
+
+impl fmt::Debug for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Code(***)")
+    }
+}
+
+/// Why a typed or submitted code is not a code. Messages never repeat the code itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodeFormatError {
+    #[error("a code is made of the ASCII digits 0-9 only (no spaces, signs or other digits)")]
+    NotDigits,
+    #[error("a code has {min} to {max} digits; this one has {len}")]
+    Length { len: usize, min: usize, max: usize },
+}
+
+impl Code {
+    /// Checks the format rules of DESIGN.md 1: ASCII digits only, `min..=max` of them.
+    /// Leading zeros are kept: "0042" and "42" are different codes.
+    pub fn parse(raw: &str, min: usize, max: usize) -> Result<Code, CodeFormatError> {
+        if !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CodeFormatError::NotDigits);
+        }
+        let len = raw.len();
+        if len < min || len > max {
+            return Err(CodeFormatError::Length { len, min, max });
+        }
+        Ok(Code(raw.to_owned()))
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        // Overwrite the digits before the memory is released.
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// Argon2id cost parameters, recorded in the store when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+/// The length of a lookup key in bytes.
+pub const LOOKUP_KEY_LEN: usize = 32;
+
+/// What a code becomes in the store: Argon2id(code, site salt, site secret).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupKey(pub [u8; LOOKUP_KEY_LEN]);
+
+impl fmt::Debug for LookupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LookupKey(..)")
+    }
+}
+
+impl LookupKey {
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<LookupKey> {
+        if hex.len() != LOOKUP_KEY_LEN * 2 || !hex.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; LOOKUP_KEY_LEN];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(LookupKey(out))
+    }
+}
+
+/// Computes lookup keys with the site's secret, salt and recorded parameters.
+///
+/// Cheap to clone; clones share the computation counter, which tests read to prove that a
+/// locked-out source is refused without hashing.
+#[derive(Clone)]
+pub struct LookupKeyer {
+    secret: Arc<[u8]>,
+    salt: Arc<[u8]>,
+    params: Params,
+    computations: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for LookupKeyer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookupKeyer").finish_non_exhaustive()
+    }
+}
+
+impl LookupKeyer {
+    pub fn new(secret: &[u8], salt: &[u8], params: Argon2Params) -> Result<Self, argon2::Error> {
+        let params = Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            Some(LOOKUP_KEY_LEN),
+        )?;
+        // Validate the combination once, so that `key` cannot fail later.
+        Argon2::new_with_secret(secret, Algorithm::Argon2id, Version::V0x13, params.clone())?;
+        Ok(LookupKeyer {
+            secret: secret.into(),
+            salt: salt.into(),
+            params,
+            computations: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// One Argon2id computation. Blocking: tens of milliseconds, more on a Raspberry Pi.
+    pub fn key(&self, code: &Code) -> LookupKey {
+        self.computations.fetch_add(1, Ordering::Relaxed);
+        self.raw(code.as_bytes())
+    }
+
+    /// Derives a fixed-purpose value from the secret (used to check that the secret file
+    /// matches the store); not counted as a code check.
+    pub fn derive(&self, purpose: &[u8]) -> LookupKey {
+        self.raw(purpose)
+    }
+
+    fn raw(&self, pwd: &[u8]) -> LookupKey {
+        let mut out = [0u8; LOOKUP_KEY_LEN];
+        // The parameters, salt and secret were validated in `new`, and the code is at most a
+        // few bytes long, so hashing cannot fail; a failure would be a bug in argon2.
+        Argon2::new_with_secret(
+            &self.secret,
+            Algorithm::Argon2id,
+            Version::V0x13,
+            self.params.clone(),
+        )
+        .and_then(|a| a.hash_password_into(pwd, &self.salt, &mut out))
+        .expect("argon2 parameters were validated when the keyer was built");
+        LookupKey(out)
+    }
+
+    /// How many code lookup keys this keyer (and its clones) has computed.
+    pub fn computations(&self) -> u64 {
+        self.computations.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyer(secret: &[u8]) -> LookupKeyer {
+        let params = Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        LookupKeyer::new(secret, b"0123456789abcdef", params).unwrap()
+    }
+
+    #[test]
+    fn codes_are_ascii_digits_within_the_configured_length() {
+        assert!(Code::parse("0042", 4, 6).is_ok());
+        assert!(Code::parse("123456", 4, 6).is_ok());
+        assert_eq!(
+            Code::parse("123", 4, 6),
+            Err(CodeFormatError::Length {
+                len: 3,
+                min: 4,
+                max: 6
+            })
+        );
+        assert!(matches!(
+            Code::parse("1234567", 4, 6),
+            Err(CodeFormatError::Length { len: 7, .. })
+        ));
+        for bad in ["12 34", "١٢٣٤", "-1234", "12a4", "１２３４", ""] {
+            let err = Code::parse(bad, 4, 6).unwrap_err();
+            assert!(
+                matches!(err, CodeFormatError::NotDigits | CodeFormatError::Length { .. }),
+                "{bad:?} was accepted"
+            );
+        }
+        assert_eq!(
+            Code::parse("١٢٣٤", 4, 6),
+            Err(CodeFormatError::NotDigits)
+        );
+    }
+
+    #[test]
+    fn a_code_never_prints_its_digits() {
+        let code = Code::parse("4711", 4, 6).unwrap();
+        let shown = format!("{code:?} {:?}", Some(&code));
+        assert!(!shown.contains("4711"), "{shown}");
+    }
+
+    #[test]
+    fn leading_zeros_give_a_different_lookup_key() {
+        let k = keyer(b"secret-one-secret-one-secret-one");
+        let a = k.key(&Code::parse("0042", 4, 6).unwrap());
+        let b = k.key(&Code::parse("00042", 4, 6).unwrap());
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_lookup_key_depends_on_the_secret_and_is_stable() {
+        let code = Code::parse("1234", 4, 6).unwrap();
+        let one = keyer(b"secret-one-secret-one-secret-one");
+        let two = keyer(b"secret-two-secret-two-secret-two");
+        let first = one.key(&code);
+        assert_eq!(first, one.key(&code));
+        assert_ne!(first, two.key(&code));
+        assert_eq!(one.computations(), 2);
+        assert_eq!(one.clone().computations(), 2);
+        assert_eq!(two.computations(), 1);
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        let key = LookupKey([0xab; LOOKUP_KEY_LEN]);
+        assert_eq!(LookupKey::from_hex(&key.to_hex()), Some(key));
+        assert_eq!(LookupKey::from_hex("zz"), None);
+        assert_eq!(LookupKey::from_hex(&"é".repeat(32)), None);
+    }
+}

@@ -1,0 +1,839 @@
+//! The daemon: one loop that owns the alarm, the lockouts and the store handle, and handles one
+//! message at a time (no locks).
+//!
+//! Inputs arrive from the MQTT connection task ([`crate::mqtt`]) and from the alarm's own
+//! deadline (timers are data: the loop sleeps until [`Alarm::next_deadline`]). Every change is
+//! made durable (state file, then store commit) before anything is published about it; what
+//! a handler wants to publish is collected in an outbox and sent afterwards, keypad reply first.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::admin::{self, Authority, CommandError};
+use crate::alarm::{Alarm, AlarmState, ArmMode, Command, Outcome, Timings, Transition};
+use crate::codes::LookupKeyer;
+use crate::config::{Config, KeypadConfig, KeypadProtocol};
+use crate::events::{Event, EventType};
+use crate::homeassistant;
+use crate::keypad::{self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, Parsed, TypedCode};
+use crate::lockout::{LockoutRules, Lockouts};
+use crate::mqtt::{self, MqttEvent, Publisher};
+use crate::store::{Change, Create, Store};
+use crate::topics::Topics;
+use crate::users::{Role, Use, User};
+
+/// How long a Zigbee2MQTT `(keypad, transaction)` is remembered: a keypad repeats a request
+/// that got no reply, and the repeat must not be applied twice.
+const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
+const HOMEASSISTANT: &str = "homeassistant";
+
+/// What `B/alarm/attributes` says about the last change, kept with the alarm state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub user: Option<String>,
+    pub user_id: Option<String>,
+    pub source: Option<String>,
+    pub action: Option<String>,
+    pub at: Option<Timestamp>,
+    pub target_state: Option<String>,
+    pub delay_s: u64,
+}
+
+/// The alarm-state file: the state machine, the last change and the last user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Saved {
+    alarm: Alarm,
+    attributes: Attributes,
+    last_user: Option<String>,
+}
+
+/// What a person (or Home Assistant) asked the alarm to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Keypad(KeypadAction),
+    Trigger,
+}
+
+impl Request {
+    fn word(self) -> &'static str {
+        match self {
+            Request::Keypad(action) => action.as_str(),
+            Request::Trigger => "trigger",
+        }
+    }
+}
+
+/// Opens the store named by the config and runs until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let cfg = config.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&cfg, Create::Allowed))
+        .await
+        .context("the store opener panicked")??;
+    run_with_store(config, store, shutdown).await
+}
+
+/// Runs the daemon on an open store (tests keep a clone of its [`LookupKeyer`] to count
+/// Argon2 computations).
+pub async fn run_with_store(
+    config: Config,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let tz = config
+        .time_zone()
+        .map_err(|e| anyhow::anyhow!("cannot use the time zone: {e}"))?;
+    let topics = Topics::new(&config);
+    let now = Timestamp::now();
+    let saved: Option<Saved> = store.load_alarm()?;
+    let saved = saved.unwrap_or(Saved {
+        alarm: Alarm::new(now),
+        attributes: Attributes::default(),
+        last_user: None,
+    });
+    let (publisher, mut rx, task) = mqtt::connect(&config, &topics.status)?;
+    let a = &config.alarm;
+    let timings = Timings::new(
+        |mode| a.exit_delay_s.get(mode),
+        a.entry_delay_s,
+        a.trigger_time_s,
+    );
+    let l = &config.lockout;
+    let lockouts = Lockouts::new(LockoutRules {
+        max_failures: l.max_failures,
+        window_s: l.window_s,
+        duration_s: l.duration_s,
+        max_duration_s: l.max_duration_s,
+    });
+    let keyer = store.keyer().clone();
+    let mut daemon = Daemon {
+        keypads: config
+            .keypads
+            .iter()
+            .map(|k| (k.topic.clone(), k.clone()))
+            .collect(),
+        config,
+        topics,
+        store,
+        keyer,
+        publisher: publisher.clone(),
+        alarm: saved.alarm,
+        attributes: saved.attributes,
+        last_user: saved.last_user,
+        timings,
+        lockouts,
+        tz,
+        transactions: HashMap::new(),
+        outbox: Vec::new(),
+        announced: false,
+    };
+    tracing::info!(state = daemon.alarm.state.as_str(), "starting");
+    // A delay that ran out while the daemon was down takes effect now.
+    daemon.on_deadline(now).await;
+    daemon.queue_state();
+    daemon.flush().await;
+
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = daemon.alarm.next_deadline();
+        let sleep = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep(until(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            event = rx.recv() => match event {
+                Some(event) => daemon.on_mqtt(event).await,
+                None => anyhow::bail!("the MQTT connection task stopped"),
+            },
+            () = sleep => daemon.on_deadline(Timestamp::now()).await,
+        }
+    }
+
+    tracing::info!("shutting down");
+    drop(rx);
+    publisher
+        .publish(&daemon.topics.status, "offline", true)
+        .await;
+    publisher.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+        tracing::warn!("the MQTT connection did not close within 5 s");
+    }
+    daemon.store.make_durable()?;
+    Ok(())
+}
+
+fn until(at: Timestamp) -> Duration {
+    let now = Timestamp::now();
+    if at <= now {
+        return Duration::ZERO;
+    }
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::from_secs(3600))
+}
+
+struct Daemon {
+    config: Config,
+    topics: Topics,
+    store: Store,
+    keyer: LookupKeyer,
+    publisher: Publisher,
+    alarm: Alarm,
+    attributes: Attributes,
+    last_user: Option<String>,
+    timings: Timings,
+    lockouts: Lockouts,
+    tz: TimeZone,
+    /// Keypad topic → keypad.
+    keypads: HashMap<String, KeypadConfig>,
+    /// Replies sent to Zigbee2MQTT keypads, by (keypad, transaction).
+    transactions: HashMap<(String, u8), (tokio::time::Instant, String)>,
+    /// Messages to publish once the current change is durable: (topic, payload, retained).
+    outbox: Vec<(String, Vec<u8>, bool)>,
+    /// Whether the start-up announcements (panel status to keypads) went out.
+    announced: bool,
+}
+
+impl Daemon {
+    async fn on_mqtt(&mut self, event: MqttEvent) {
+        match event {
+            MqttEvent::Connected => self.subscribe().await,
+            MqttEvent::Subscribed => self.announce().await,
+            MqttEvent::Message {
+                topic,
+                payload,
+                retain,
+            } => {
+                tracing::debug!(topic, bytes = payload.len(), retain, "message");
+                self.on_message(&topic, &payload, retain).await;
+                self.flush().await;
+            }
+        }
+    }
+
+    async fn subscribe(&mut self) {
+        let mut topics = vec![
+            self.topics.alarm_set.clone(),
+            self.topics.config_set.clone(),
+        ];
+        if self.config.homeassistant.discovery {
+            topics.push(self.topics.ha_status.clone());
+        }
+        topics.extend(self.config.keypads.iter().map(|k| k.topic.clone()));
+        self.publisher.subscribe(&topics).await;
+    }
+
+    /// After the subscriptions are acknowledged: `online`, discovery, the retained state.
+    async fn announce(&mut self) {
+        self.outbox
+            .push((self.topics.status.clone(), b"online".to_vec(), true));
+        self.queue_discovery();
+        self.queue_state();
+        self.queue_roster();
+        if !self.announced {
+            self.queue_panel_status();
+            self.announced = true;
+        }
+        self.flush().await;
+    }
+
+    async fn flush(&mut self) {
+        for (topic, payload, retain) in std::mem::take(&mut self.outbox) {
+            self.publisher.publish(&topic, payload, retain).await;
+        }
+    }
+
+    fn push(&mut self, topic: String, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.outbox.push((topic, payload.into(), retain));
+    }
+
+    async fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        if topic == self.topics.alarm_set {
+            self.on_alarm_set(payload).await;
+        } else if topic == self.topics.config_set {
+            self.on_config_set(payload).await;
+        } else if topic == self.topics.ha_status {
+            if payload == b"online" {
+                tracing::info!("Home Assistant is online: publishing discovery");
+                self.queue_discovery();
+            }
+        } else if let Some(keypad) = self.keypads.get(topic).cloned() {
+            if retain {
+                // A keypad entry is a live exchange: an old retained one is never applied.
+                tracing::debug!(keypad = keypad.name, "ignoring a retained keypad message");
+                return;
+            }
+            self.on_keypad(&keypad, payload).await;
+        }
+    }
+
+    async fn on_keypad(&mut self, keypad: &KeypadConfig, payload: &[u8]) {
+        let input = match keypad::parse(keypad.protocol, payload) {
+            Parsed::Input(input) => input,
+            Parsed::Ignore => return,
+            Parsed::Invalid(why) => {
+                tracing::warn!(keypad = keypad.name, "unreadable keypad message: {why}");
+                if keypad.protocol != KeypadProtocol::Zigbee2mqtt {
+                    let reply = json_keypad::invalid(&why, self.alarm.state);
+                    self.publisher
+                        .publish(&self.topics.keypad_result(&keypad.name), reply, false)
+                        .await;
+                }
+                return;
+            }
+        };
+        let memory_key = input.transaction.map(|t| (keypad.name.clone(), t));
+        if let Some(key) = &memory_key {
+            self.transactions
+                .retain(|_, (at, _)| at.elapsed() < TRANSACTION_MEMORY);
+            if let Some((_, reply)) = self.transactions.get(key) {
+                tracing::info!(keypad = keypad.name, "repeated transaction: same reply, not applied again");
+                let topic = Topics::zigbee2mqtt_set(&keypad.topic);
+                self.publisher.publish(&topic, reply.clone(), false).await;
+                return;
+            }
+        }
+        let source = format!("keypad:{}", keypad.name);
+        let answer = self
+            .attempt(&source, Request::Keypad(input.action), input.code.clone())
+            .await;
+        let (topic, reply) = match keypad.protocol {
+            KeypadProtocol::Zigbee2mqtt => match input.transaction {
+                Some(t) => (
+                    Topics::zigbee2mqtt_set(&keypad.topic),
+                    zigbee2mqtt::reply(t, input.action, answer),
+                ),
+                None => return,
+            },
+            KeypadProtocol::Json | KeypadProtocol::Plain => (
+                self.topics.keypad_result(&keypad.name),
+                json_keypad::reply(answer, self.alarm.state),
+            ),
+        };
+        if let Some(key) = memory_key {
+            self.transactions
+                .insert(key, (tokio::time::Instant::now(), reply.clone()));
+        }
+        // The reply goes before the state publishes queued in the outbox.
+        self.publisher.publish(&topic, reply, false).await;
+    }
+
+    async fn on_alarm_set(&mut self, payload: &[u8]) {
+        if payload.is_empty() {
+            return;
+        }
+        let (action, code) = match parse_alarm_set(payload) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                tracing::warn!("ignoring a command on {}: {why}", self.topics.alarm_set);
+                return;
+            }
+        };
+        let answer = self.attempt(HOMEASSISTANT, action, code).await;
+        tracing::debug!(answer = answer.as_str(), "Home Assistant command handled");
+    }
+
+    /// One attempt to change the alarm: the lockout, the code, the person's rules, the change.
+    async fn attempt(&mut self, source: &str, request: Request, code: Option<TypedCode>) -> Answer {
+        let now = Timestamp::now();
+        self.on_deadline(now).await;
+        let command = match request {
+            Request::Trigger => return self.change(Command::Trigger, None, source, request, now).await,
+            Request::Keypad(KeypadAction::Panic) => {
+                return self.change(Command::Panic, None, source, request, now).await
+            }
+            Request::Keypad(KeypadAction::Disarm) => Command::Disarm,
+            Request::Keypad(KeypadAction::Arm(mode)) => Command::Arm(mode),
+            Request::Keypad(KeypadAction::Toggle) => match self.alarm.state {
+                AlarmState::Disarmed => Command::Arm(self.config.alarm.toggle_mode),
+                _ => Command::Disarm,
+            },
+        };
+        if let Command::Arm(mode) = command {
+            if !self.config.alarm.modes.contains(&mode) {
+                tracing::warn!(source, mode = mode.as_str(), "refusing a mode that alarm.modes does not list");
+                return Answer::NotReady;
+            }
+        }
+        let Some(code) = code else {
+            if matches!(command, Command::Arm(_)) && !self.config.alarm.code_arm_required {
+                return self.change(command, None, source, request, now).await;
+            }
+            return self.refuse(source, now, None, "no_code").await;
+        };
+        if let Err(locked) = self.lockouts.check(source, now) {
+            tracing::info!(source, until = %locked.until, "refused without checking: locked out");
+            return Answer::LockedOut;
+        }
+        let user = match self.identify(&code).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return self.refuse(source, now, None, "wrong_code").await,
+            Err(why) => return self.refuse(source, now, None, why).await,
+        };
+        let what = match command {
+            Command::Disarm => Use::Disarm,
+            _ => Use::Arm,
+        };
+        if let Err(reason) = user.check(what, now, &self.tz) {
+            return self.refuse(source, now, Some((&user, reason.as_str())), "").await;
+        }
+        self.lockouts.record_success(source);
+        self.change(command, Some(user), source, request, now).await
+    }
+
+    /// One Argon2id computation (off the runtime) and one lookup.
+    async fn identify(&self, code: &TypedCode) -> Result<Option<User>, &'static str> {
+        let c = &self.config.codes;
+        let code = code
+            .parse(c.min_length, c.max_length)
+            .map_err(|_| "malformed_code")?;
+        let keyer = self.keyer.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.user_by_key(&keyer.key(&code)))
+            .await
+            .map_err(|_| "internal")?
+            .map_err(|e| {
+                tracing::error!("cannot look up a code: {e}");
+                "internal"
+            })
+    }
+
+    /// A refused attempt: an `invalid_code` or `denied` event, and one more failure.
+    async fn refuse(
+        &mut self,
+        source: &str,
+        now: Timestamp,
+        denied: Option<(&User, &str)>,
+        why: &str,
+    ) -> Answer {
+        let mut events = Vec::new();
+        match denied {
+            Some((user, reason)) => {
+                tracing::info!(source, user = user.name, reason, "code refused by its rules");
+                events.push(Event::new(EventType::Denied, now).source(source).about(user).reason(reason));
+            }
+            None => {
+                tracing::info!(source, why, "invalid code");
+                events.push(Event::new(EventType::InvalidCode, now).source(source).reason(why));
+            }
+        }
+        if let Some(locked) = self.lockouts.record_failure(source, now) {
+            tracing::warn!(source, until = %locked.until, "locked out after repeated wrong codes");
+            let mut event = Event::new(EventType::Lockout, now).source(source);
+            event.until = Some(locked.until);
+            events.push(event);
+        }
+        self.record(Change {
+            events,
+            ..Change::default()
+        })
+        .await;
+        Answer::InvalidCode
+    }
+
+    /// Applies an accepted command to the alarm, durably, and queues what to publish.
+    async fn change(
+        &mut self,
+        command: Command,
+        user: Option<User>,
+        source: &str,
+        request: Request,
+        now: Timestamp,
+    ) -> Answer {
+        let before = self.alarm.clone();
+        let outcome = self.alarm.handle(command, now, &self.timings);
+        let mut change = Change::default();
+        if let (Some(user), Outcome::Changed(_)) = (&user, &outcome) {
+            if user.role == Role::Duress {
+                // Silent: only the event says so; state and attributes look like any disarm.
+                change.events.push(Event::new(EventType::Duress, now).source(source).about(user));
+            }
+        }
+        let answer = match outcome {
+            Outcome::Changed(transitions) => {
+                if command == Command::Panic {
+                    let panic = Event::new(EventType::Panic, now).source(source);
+                    change.events.push(panic);
+                }
+                self.attributes = Attributes {
+                    user: user.as_ref().map(|u| u.name.clone()),
+                    user_id: user.as_ref().map(|u| u.id.clone()),
+                    source: Some(source.to_owned()),
+                    action: Some(request.word().to_owned()),
+                    at: Some(now),
+                    target_state: Some(self.target_state().as_str().to_owned()),
+                    delay_s: self.alarm.seconds_left(now).unwrap_or(0),
+                };
+                if let Some(user) = &user {
+                    self.last_user = Some(user.name.clone());
+                    let mut used = user.clone();
+                    used.uses += 1;
+                    change.put_users.push(used);
+                }
+                let events = self.transition_events(&transitions);
+                change.events.extend(events);
+                if !self.save_state().await {
+                    self.alarm = before;
+                    return Answer::NotReady;
+                }
+                self.queue_state();
+                self.queue_panel_status();
+                Answer::Accepted
+            }
+            Outcome::Unchanged => Answer::Accepted,
+            Outcome::AlreadyDisarmed => Answer::AlreadyDisarmed,
+            Outcome::NotReady => Answer::NotReady,
+            Outcome::TriggerIgnored => {
+                let event = Event::new(EventType::TriggerIgnored, now)
+                    .source(source)
+                    .reason(self.alarm.state.as_str());
+                change.events.push(event);
+                Answer::Accepted
+            }
+        };
+        if let Some(user) = &user {
+            tracing::info!(source, user = user.name, answer = answer.as_str(), state = self.alarm.state.as_str(), "{}", request.word());
+        } else {
+            tracing::info!(source, answer = answer.as_str(), state = self.alarm.state.as_str(), "{}", request.word());
+        }
+        self.record(change).await;
+        answer
+    }
+
+    /// The state the current change leads to (the armed mode while arming).
+    fn target_state(&self) -> AlarmState {
+        match (self.alarm.state, self.alarm.mode) {
+            (AlarmState::Arming, Some(mode)) => mode.state(),
+            (state, _) => state,
+        }
+    }
+
+    /// Deadlines that have passed: exit delay over, entry delay over, siren time over.
+    async fn on_deadline(&mut self, now: Timestamp) {
+        let transitions = self.alarm.advance(now, &self.timings);
+        if transitions.is_empty() {
+            return;
+        }
+        let events = self.transition_events(&transitions);
+        self.save_state().await;
+        self.record(Change {
+            events,
+            ..Change::default()
+        })
+        .await;
+        self.queue_state();
+        self.queue_panel_status();
+        self.flush().await;
+    }
+
+    fn transition_events(&self, transitions: &[Transition]) -> Vec<Event> {
+        transitions
+            .iter()
+            .map(|t| {
+                let event_type = match t.to {
+                    AlarmState::Disarmed => EventType::Disarmed,
+                    AlarmState::Arming => EventType::Arming,
+                    AlarmState::ArmedHome => EventType::ArmedHome,
+                    AlarmState::ArmedAway => EventType::ArmedAway,
+                    AlarmState::ArmedNight => EventType::ArmedNight,
+                    AlarmState::ArmedVacation => EventType::ArmedVacation,
+                    AlarmState::Pending => EventType::Pending,
+                    AlarmState::Triggered => EventType::Triggered,
+                };
+                let mut event = Event::new(event_type, t.at);
+                event.user = self.attributes.user.clone();
+                event.user_id = self.attributes.user_id.clone();
+                event.source = self.attributes.source.clone();
+                if let Some(delay) = t.delay_s {
+                    event.delay_s = Some(delay);
+                    event.target_state = Some(match t.to {
+                        AlarmState::Pending => "triggered".to_owned(),
+                        _ => self.target_state().as_str().to_owned(),
+                    });
+                }
+                event
+            })
+            .collect()
+    }
+
+    /// Writes the alarm-state file; false (and an error in the log) when it cannot.
+    async fn save_state(&self) -> bool {
+        let saved = Saved {
+            alarm: self.alarm.clone(),
+            attributes: self.attributes.clone(),
+            last_user: self.last_user.clone(),
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.save_alarm(&saved)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!("cannot save the alarm state: {e}");
+                false
+            }
+            Err(e) => {
+                tracing::error!("saving the alarm state failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Commits a change and queues its events.
+    async fn record(&mut self, change: Change) {
+        if change.events.is_empty() && change.put_users.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        match blocking(move || store.commit(change)).await {
+            Ok(events) => {
+                for event in events {
+                    let topic = self.topics.event.clone();
+                    self.push(topic, event.to_json(), false);
+                }
+            }
+            Err(e) => tracing::error!("cannot record events in the store: {e}"),
+        }
+    }
+
+    fn queue_state(&mut self) {
+        let t = self.topics.clone();
+        self.push(t.alarm_state, self.alarm.state.as_str(), true);
+        let attributes = serde_json::to_string(&self.attributes).unwrap_or_default();
+        self.push(t.alarm_attributes, attributes, true);
+        if let Some(name) = self.last_user.clone() {
+            self.push(t.alarm_last_user, name, true);
+        }
+    }
+
+    fn queue_panel_status(&mut self) {
+        let now = Timestamp::now();
+        let status = zigbee2mqtt::panel_status(self.alarm.state, self.alarm.seconds_left(now));
+        let topics: Vec<String> = self
+            .config
+            .keypads
+            .iter()
+            .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt)
+            .map(|k| Topics::zigbee2mqtt_set(&k.topic))
+            .collect();
+        for topic in topics {
+            self.push(topic, status.clone(), false);
+        }
+    }
+
+    fn queue_discovery(&mut self) {
+        if !self.config.homeassistant.discovery {
+            return;
+        }
+        for d in homeassistant::discovery(&self.config, &self.topics) {
+            self.push(d.topic, d.payload.to_string(), true);
+        }
+    }
+
+    fn queue_roster(&mut self) {
+        match self.store.users() {
+            Ok(users) => {
+                let roster: Vec<_> = users.iter().map(User::roster_entry).collect();
+                let payload = json!({ "users": roster }).to_string();
+                self.push(self.topics.config_users.clone(), payload, true);
+            }
+            Err(e) => tracing::error!("cannot read the users for the roster: {e}"),
+        }
+    }
+
+    async fn on_config_set(&mut self, payload: &[u8]) {
+        if payload.is_empty() {
+            return;
+        }
+        let result = self.config_command(payload).await;
+        self.push(self.topics.config_result.clone(), result.to_string(), false);
+        // No code may linger on the broker: clear the (possibly retained) command.
+        self.push(self.topics.config_set.clone(), Vec::new(), true);
+    }
+
+    async fn config_command(&mut self, payload: &[u8]) -> Value {
+        let request = match admin::parse(payload) {
+            Ok(request) => request,
+            Err((partial, error)) => {
+                tracing::warn!(kind = error.kind(), "refused a command: {error}");
+                return admin::failure(&partial, &error);
+            }
+        };
+        match self.store.applied(&request.id) {
+            Ok(Some(mut result)) => {
+                tracing::info!(id = request.id, "command already applied: re-publishing its result");
+                if let Value::Object(map) = &mut result {
+                    map.insert("replayed".into(), json!(true));
+                }
+                return result;
+            }
+            Ok(None) => {}
+            Err(e) => return admin::failure(&request.partial(), &CommandError::from(e)),
+        }
+        let outcome = match self.authorise(&request).await {
+            Ok(authority) => self.apply_command(&request, authority).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::info!(id = request.id, command = request.command, kind = error.kind(), "command refused: {error}");
+                admin::failure(&request.partial(), &error)
+            }
+        }
+    }
+
+    /// Who the command acts for: `auth` checked like a keypad code, against the `admin` lockout.
+    async fn authorise(&mut self, request: &admin::Request) -> Result<Authority, CommandError> {
+        let now = Timestamp::now();
+        let Some(auth) = &request.auth else {
+            if self.config.admin.trust_broker {
+                return Ok(Authority::Broker);
+            }
+            if request.is_master_bootstrap() && self.store.master()?.is_none() {
+                return Ok(Authority::Bootstrap);
+            }
+            return Err(CommandError::Unauthorized(
+                "`auth` is required: the code of the master or of an admin".into(),
+            ));
+        };
+        if let Err(locked) = self.lockouts.check(admin::SOURCE, now) {
+            return Err(CommandError::LockedOut(format!(
+                "too many wrong codes: commands are refused until {}",
+                locked.until
+            )));
+        }
+        let refused = match self.identify(auth).await {
+            Ok(Some(user)) => match user.check(Use::Manage, now, &self.tz) {
+                Ok(()) => {
+                    self.lockouts.record_success(admin::SOURCE);
+                    return Ok(Authority::User(Box::new(user)));
+                }
+                Err(reason) => Some((user, reason.as_str())),
+            },
+            Ok(None) | Err(_) => None,
+        };
+        let answer = match &refused {
+            Some((user, reason)) => {
+                self.refuse(admin::SOURCE, now, Some((user, reason)), "")
+                    .await
+            }
+            None => self.refuse(admin::SOURCE, now, None, "wrong_code").await,
+        };
+        debug_assert_eq!(answer, Answer::InvalidCode);
+        Err(CommandError::Unauthorized(
+            "`auth` is not the code of an active master or admin".into(),
+        ))
+    }
+
+    async fn apply_command(
+        &mut self,
+        request: &admin::Request,
+        authority: Authority,
+    ) -> Result<Value, CommandError> {
+        let store = self.store.clone();
+        let keyer = self.keyer.clone();
+        let codes = self.config.codes.clone();
+        let req = request.clone();
+        // Hashing a new code and reading the store block: off the runtime.
+        let applied = blocking(move || {
+            let ctx = admin::Context {
+                store: &store,
+                keyer: &keyer,
+                min_length: codes.min_length,
+                max_length: codes.max_length,
+                now: Timestamp::now(),
+            };
+            admin::apply(&ctx, &req, &authority)
+        })
+        .await?;
+        let Some(mut change) = applied.change else {
+            return Ok(applied.result);
+        };
+        change.applied = Some((request.id.clone(), applied.result.clone()));
+        let store = self.store.clone();
+        let events = blocking(move || store.commit(change)).await?;
+        tracing::info!(id = request.id, command = request.command, "command applied");
+        for event in events {
+            self.push(self.topics.event.clone(), event.to_json(), false);
+        }
+        self.queue_roster();
+        Ok(applied.result)
+    }
+}
+
+/// Runs blocking work (Argon2, sled, fsync) off the runtime; a panic there becomes an error.
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: Send + 'static + From<crate::store::StoreError>,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(E::from(crate::store::StoreError::Task(e.to_string()))),
+    }
+}
+
+/// Reads `B/alarm/set`: `{"action": "DISARM", "code": "1234"}` or the bare action.
+fn parse_alarm_set(payload: &[u8]) -> Result<(Request, Option<TypedCode>), String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
+    let (action, code) = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => {
+            let action = match map.get("action") {
+                Some(Value::String(a)) => a.clone(),
+                _ => return Err("`action` must be a string".into()),
+            };
+            let code = match map.get("code") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(c)) if c.is_empty() || c == "None" => None,
+                Some(Value::String(c)) => Some(TypedCode::Text(c.clone())),
+                Some(_) => Some(TypedCode::NotText),
+            };
+            (action, code)
+        }
+        Ok(Value::String(action)) => (action, None),
+        _ => (text.trim().to_owned(), None),
+    };
+    let request = match action.to_ascii_uppercase().as_str() {
+        "ARM_AWAY" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedAway)),
+        "ARM_HOME" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedHome)),
+        "ARM_NIGHT" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedNight)),
+        "ARM_VACATION" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedVacation)),
+        "DISARM" => Request::Keypad(KeypadAction::Disarm),
+        "TRIGGER" => Request::Trigger,
+        _ => {
+            let shown: String = action.chars().take(40).collect();
+            return Err(format!(
+                "unknown action {shown:?}; expected ARM_AWAY, ARM_HOME, ARM_NIGHT, ARM_VACATION, DISARM or TRIGGER"
+            ));
+        }
+    };
+    Ok((request, code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_assistant_remote_code_payloads_are_read() {
+        let (r, code) = parse_alarm_set(br#"{"action":"DISARM","code":"0042"}"#).unwrap();
+        assert_eq!(r, Request::Keypad(KeypadAction::Disarm));
+        assert_eq!(code, Some(TypedCode::Text("0042".into())));
+        let (r, code) = parse_alarm_set(br#"{"action":"ARM_HOME","code":"None"}"#).unwrap();
+        assert_eq!(r, Request::Keypad(KeypadAction::Arm(ArmMode::ArmedHome)));
+        assert_eq!(code, None);
+        let (r, code) = parse_alarm_set(b"ARM_AWAY").unwrap();
+        assert_eq!(r, Request::Keypad(KeypadAction::Arm(ArmMode::ArmedAway)));
+        assert_eq!(code, None);
+        assert_eq!(parse_alarm_set(b"TRIGGER").unwrap().0, Request::Trigger);
+        assert!(parse_alarm_set(b"OPEN_SESAME").is_err());
+        assert!(parse_alarm_set(&[0xff]).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Events (DESIGN.md 7): what the daemon publishes on `B/event` and appends to the activity log.
+//!
+//! An event names users, sources and reasons, never a code: the type has no field that could
+//! hold one. The store gives each event its `seq` when it is committed.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Every event type of DESIGN.md 7, in the order Home Assistant's event entity lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    ArmedHome,
+    ArmedAway,
+    ArmedNight,
+    ArmedVacation,
+    Arming,
+    Disarmed,
+    Pending,
+    Triggered,
+    Panic,
+    Duress,
+    InvalidCode,
+    Denied,
+    Lockout,
+    TriggerIgnored,
+    UserAdded,
+    UserUpdated,
+    CodeSet,
+    CodeCleared,
+    UserDeactivated,
+    UserReactivated,
+    UserDeleted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 21] = [
+        EventType::ArmedHome,
+        EventType::ArmedAway,
+        EventType::ArmedNight,
+        EventType::ArmedVacation,
+        EventType::Arming,
+        EventType::Disarmed,
+        EventType::Pending,
+        EventType::Triggered,
+        EventType::Panic,
+        EventType::Duress,
+        EventType::InvalidCode,
+        EventType::Denied,
+        EventType::Lockout,
+        EventType::TriggerIgnored,
+        EventType::UserAdded,
+        EventType::UserUpdated,
+        EventType::CodeSet,
+        EventType::CodeCleared,
+        EventType::UserDeactivated,
+        EventType::UserReactivated,
+        EventType::UserDeleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ArmedHome => "armed_home",
+            EventType::ArmedAway => "armed_away",
+            EventType::ArmedNight => "armed_night",
+            EventType::ArmedVacation => "armed_vacation",
+            EventType::Arming => "arming",
+            EventType::Disarmed => "disarmed",
+            EventType::Pending => "pending",
+            EventType::Triggered => "triggered",
+            EventType::Panic => "panic",
+            EventType::Duress => "duress",
+            EventType::InvalidCode => "invalid_code",
+            EventType::Denied => "denied",
+            EventType::Lockout => "lockout",
+            EventType::TriggerIgnored => "trigger_ignored",
+            EventType::UserAdded => "user_added",
+            EventType::UserUpdated => "user_updated",
+            EventType::CodeSet => "code_set",
+            EventType::CodeCleared => "code_cleared",
+            EventType::UserDeactivated => "user_deactivated",
+            EventType::UserReactivated => "user_reactivated",
+            EventType::UserDeleted => "user_deleted",
+        }
+    }
+}
+
+/// One event. Optional fields are left out of the JSON when unknown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_type: EventType,
+    pub at: Timestamp,
+    /// Position in the activity log; 0 until the store commits the event.
+    #[serde(default)]
+    pub seq: u64,
+    /// The person the event is about (who armed, or whose code was changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// `keypad:<name>`, `homeassistant`, `admin`, `cli` or `timer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Why a code was refused (`denied`) or a trigger ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The user's notification target, passed through for automations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// End of a lockout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// Who made a code-management change (an addition to DESIGN.md 7: the acting user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_id: Option<String>,
+    /// For `arming` and `pending`: the state the delay leads to and its length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_s: Option<u64>,
+}
+
+impl Event {
+    pub fn new(event_type: EventType, at: Timestamp) -> Event {
+        Event {
+            event_type,
+            at,
+            seq: 0,
+            user: None,
+            user_id: None,
+            source: None,
+            reason: None,
+            notify: None,
+            until: None,
+            by: None,
+            by_id: None,
+            target_state: None,
+            delay_s: None,
+        }
+    }
+
+    pub fn source(mut self, source: &str) -> Event {
+        self.source = Some(source.to_owned());
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Event {
+        self.reason = Some(reason.to_owned());
+        self
+    }
+
+    /// Names the user the event is about, with their notification target.
+    pub fn about(mut self, user: &crate::users::User) -> Event {
+        self.user = Some(user.name.clone());
+        self.user_id = Some(user.id.clone());
+        self.notify = user.notify.clone();
+        self
+    }
+
+    /// Names who acted, when that is known.
+    pub fn by(mut self, actor: Option<&crate::users::User>) -> Event {
+        if let Some(actor) = actor {
+            self.by = Some(actor.name.clone());
+            self.by_id = Some(actor.id.clone());
+        }
+        self
+    }
+
+    /// Whether the event concerns this user, as subject or as actor.
+    pub fn involves(&self, user_id: &str) -> bool {
+        self.user_id.as_deref() == Some(user_id) || self.by_id.as_deref() == Some(user_id)
+    }
+
+    pub fn to_json(&self) -> String {
+        // An Event only holds strings, numbers and timestamps: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_serialises_to_its_design_name() {
+        for t in EventType::ALL {
+            let json = serde_json::to_value(t).unwrap();
+            assert_eq!(json, serde_json::Value::String(t.as_str().into()));
+        }
+        let names: std::collections::HashSet<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names.len(), 21);
+    }
+
+    #[test]
+    fn unknown_fields_are_left_out_of_the_json() {
+        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let json = Event::new(EventType::Lockout, at).source("keypad:hall").to_json();
+        assert_eq!(
+            json,
+            r#"{"event_type":"lockout","at":"2026-11-23T10:00:00Z","seq":0,"source":"keypad:hall"}"#
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Keypad messages: one [`KeypadInput`] type for every protocol (DESIGN.md 4).
+//!
+//! Each protocol module is a pure parser from an MQTT payload to a [`Parsed`] value, plus the
+//! reply format the keypad understands. The daemon decides; these modules only translate.
+
+pub mod json;
+pub mod plain;
+pub mod zigbee2mqtt;
+
+use std::fmt;
+
+use crate::alarm::ArmMode;
+use crate::codes::{Code, CodeFormatError};
+use crate::config::KeypadProtocol;
+
+/// What a person asked for at a keypad.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeypadAction {
+    Disarm,
+    Arm(ArmMode),
+    /// Disarm when not disarmed, else arm with `alarm.toggle_mode`.
+    Toggle,
+    Panic,
+}
+
+impl KeypadAction {
+    /// The word used in `B/alarm/attributes` `action`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeypadAction::Disarm => "disarm",
+            KeypadAction::Arm(ArmMode::ArmedAway) => "arm_away",
+            KeypadAction::Arm(ArmMode::ArmedHome) => "arm_home",
+            KeypadAction::Arm(ArmMode::ArmedNight) => "arm_night",
+            KeypadAction::Arm(ArmMode::ArmedVacation) => "arm_vacation",
+            KeypadAction::Toggle => "toggle",
+            KeypadAction::Panic => "panic",
+        }
+    }
+}
+
+/// The code as typed, before the format rules: it may be malformed. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TypedCode {
+    Text(String),
+    /// The code field was present but not a string (e.g. a JSON number: leading zeros lost).
+    NotText,
+}
+
+impl fmt::Debug for TypedCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypedCode(***)")
+    }
+}
+
+impl TypedCode {
+    /// `None` for an absent or empty code.
+    pub fn from_text(text: &str) -> Option<TypedCode> {
+        (!text.is_empty()).then(|| TypedCode::Text(text.to_owned()))
+    }
+
+    pub fn parse(&self, min: usize, max: usize) -> Result<Code, CodeFormatError> {
+        match self {
+            TypedCode::Text(text) => Code::parse(text, min, max),
+            TypedCode::NotText => Err(CodeFormatError::NotDigits),
+        }
+    }
+}
+
+impl Drop for TypedCode {
+    fn drop(&mut self) {
+        if let TypedCode::Text(text) = self {
+            zeroize::Zeroize::zeroize(text);
+        }
+    }
+}
+
+/// One keypad entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeypadInput {
+    pub action: KeypadAction,
+    pub code: Option<TypedCode>,
+    /// Zigbee2MQTT's `action_transaction`: the keypad waits for a reply carrying it.
+    pub transaction: Option<u8>,
+}
+
+/// The result of reading one message from a keypad topic.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Input(KeypadInput),
+    /// Not an entry (a state report, an empty action): nothing to do, nothing to answer.
+    Ignore,
+    /// A message that should have been an entry but cannot be read; the text says why.
+    Invalid(String),
+}
+
+/// How an entry was answered; each protocol words it its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Accepted,
+    InvalidCode,
+    AlreadyDisarmed,
+    LockedOut,
+    /// Arming refused while the alarm is pending or triggered.
+    NotReady,
+}
+
+impl Answer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Accepted => "accepted",
+            Answer::InvalidCode => "invalid_code",
+            Answer::AlreadyDisarmed => "already_disarmed",
+            Answer::LockedOut => "locked_out",
+            Answer::NotReady => "not_ready",
+        }
+    }
+}
+
+pub fn parse(protocol: KeypadProtocol, payload: &[u8]) -> Parsed {
+    match protocol {
+        KeypadProtocol::Zigbee2mqtt => zigbee2mqtt::parse(payload),
+        KeypadProtocol::Json => json::parse(payload),
+        KeypadProtocol::Plain => plain::parse(payload),
+    }
+}

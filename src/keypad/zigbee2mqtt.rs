@@ -1,0 +1,94 @@
+//! Zigbee2MQTT keypads (IAS ACE): the device's whole state, with `action`, `action_code`,
+//! `action_transaction` when a key was pressed; replies and panel status on `<topic>/set`.
+//!
+//! Act only when `action` is a non-empty string (Zigbee2MQTT leaves it out of other state
+//! messages, older versions send `null`, the legacy mode `""`). `action_code` is a string and
+//! keeps its leading zeros. See `tests/fixtures/zigbee2mqtt/` for real messages.
+
+use serde_json::{json, Map, Value};
+
+use super::{Answer, KeypadAction, KeypadInput, Parsed, TypedCode};
+use crate::alarm::{AlarmState, ArmMode};
+
+pub fn parse(payload: &[u8]) -> Parsed {
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => return Parsed::Invalid(format!("the message is not valid JSON ({e})")),
+    };
+    let Value::Object(map) = value else {
+        return Parsed::Invalid("the message must be a JSON object".into());
+    };
+    let action = match map.get("action") {
+        Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+        _ => return Parsed::Ignore,
+    };
+    let action = match action {
+        "disarm" => KeypadAction::Disarm,
+        "arm_all_zones" => KeypadAction::Arm(ArmMode::ArmedAway),
+        "arm_day_zones" => KeypadAction::Arm(ArmMode::ArmedHome),
+        "arm_night_zones" => KeypadAction::Arm(ArmMode::ArmedNight),
+        "emergency" | "panic" => KeypadAction::Panic,
+        other => return Parsed::Invalid(format!("unsupported keypad action {other:?}")),
+    };
+    Parsed::Input(KeypadInput {
+        action,
+        code: code(&map),
+        transaction: map
+            .get("action_transaction")
+            .and_then(Value::as_u64)
+            .and_then(|t| u8::try_from(t).ok()),
+    })
+}
+
+fn code(map: &Map<String, Value>) -> Option<TypedCode> {
+    match map.get("action_code") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => TypedCode::from_text(s),
+        Some(_) => Some(TypedCode::NotText),
+    }
+}
+
+/// The `arm_mode` reply to an entry with a transaction.
+pub fn reply(transaction: u8, action: KeypadAction, answer: Answer) -> String {
+    let mode = match answer {
+        Answer::Accepted => match action {
+            KeypadAction::Disarm => "disarm",
+            KeypadAction::Arm(mode) => arm_mode_word(mode),
+            // A keypad never sends toggle or panic with a transaction to acknowledge.
+            KeypadAction::Toggle | KeypadAction::Panic => "disarm",
+        },
+        Answer::InvalidCode | Answer::LockedOut => "invalid_code",
+        Answer::AlreadyDisarmed => "already_disarmed",
+        Answer::NotReady => "not_ready",
+    };
+    json!({"arm_mode": {"transaction": transaction, "mode": mode}}).to_string()
+}
+
+fn arm_mode_word(mode: ArmMode) -> &'static str {
+    match mode {
+        ArmMode::ArmedHome => "arm_day_zones",
+        ArmMode::ArmedNight => "arm_night_zones",
+        ArmMode::ArmedAway | ArmMode::ArmedVacation => "arm_all_zones",
+    }
+}
+
+/// The panel status sent to every keypad on each state change (no transaction).
+pub fn panel_status(state: AlarmState, seconds_left: Option<u64>) -> String {
+    let mode = match state {
+        AlarmState::Disarmed => "disarm",
+        AlarmState::ArmedHome => "arm_day_zones",
+        AlarmState::ArmedNight => "arm_night_zones",
+        AlarmState::ArmedAway | AlarmState::ArmedVacation => "arm_all_zones",
+        AlarmState::Arming => "exit_delay",
+        AlarmState::Pending => "entry_delay",
+        AlarmState::Triggered => "in_alarm",
+    };
+    match state {
+        AlarmState::Arming | AlarmState::Pending => {
+            // The keypad's delay field is one byte.
+            let delay = seconds_left.unwrap_or(0).min(255);
+            json!({"arm_mode": {"mode": mode, "delay": delay}}).to_string()
+        }
+        _ => json!({"arm_mode": {"mode": mode}}).to_string(),
+    }
+}

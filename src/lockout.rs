@@ -1,0 +1,361 @@
+//! Per-source lockout after repeated wrong codes (DESIGN.md section 4, "Lockout"). A source is
+//! a string such as `keypad:hall`, `homeassistant` or `admin`; each counts on its own. Pure and in
+//! memory: time is passed in, and the daemon asks [`Lockouts::check`] before hashing a code so a
+//! locked source costs no Argon2 work.
+
+use std::collections::{HashMap, VecDeque};
+
+use jiff::{SignedDuration, Timestamp};
+
+/// The `lockout:` config section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockoutRules {
+    /// Failures within `window_s` that lock the source (0 behaves as 1).
+    pub max_failures: u32,
+    pub window_s: u64,
+    /// The first lockout; each further one without a success in between lasts twice as long.
+    pub duration_s: u64,
+    /// Cap on the doubling (a value below `duration_s` behaves as `duration_s`).
+    pub max_duration_s: u64,
+}
+
+/// The source is locked out until `until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Locked {
+    pub until: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lockouts {
+    rules: LockoutRules,
+    sources: HashMap<String, Source>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Source {
+    /// Recent failures, oldest first; never more than `max_failures`.
+    failures: VecDeque<Timestamp>,
+    locked_until: Option<Timestamp>,
+    /// Lockouts since the last success: the exponent of the doubling.
+    lockouts: u32,
+}
+
+impl Lockouts {
+    pub fn new(rules: LockoutRules) -> Lockouts {
+        Lockouts {
+            rules,
+            sources: HashMap::new(),
+        }
+    }
+
+    /// `Err` while `source` is locked: the caller refuses the attempt without hashing the code.
+    pub fn check(&self, source: &str, now: Timestamp) -> Result<(), Locked> {
+        match self.sources.get(source).and_then(|s| s.locked_until) {
+            Some(until) if now < until => Err(Locked { until }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one attempt answered `invalid_code`. Returns `Some` exactly when this failure
+    /// starts a lockout, so the caller publishes one `lockout` event per lockout. A failure
+    /// recorded while the source is already locked changes nothing (the caller should have
+    /// refused it after [`Lockouts::check`]).
+    pub fn record_failure(&mut self, source: &str, now: Timestamp) -> Option<Locked> {
+        let rules = self.rules;
+        let max_failures = usize::try_from(rules.max_failures.max(1)).unwrap_or(usize::MAX);
+        let state = self.sources.entry(source.to_owned()).or_default();
+        if let Some(until) = state.locked_until {
+            if now < until {
+                return None;
+            }
+            state.locked_until = None;
+        }
+        let window = SignedDuration::from_secs(i64::try_from(rules.window_s).unwrap_or(i64::MAX));
+        // A failure is forgotten once `window_s` have passed since it.
+        while let Some(&oldest) = state.failures.front() {
+            if now.duration_since(oldest) >= window {
+                state.failures.pop_front();
+            } else {
+                break;
+            }
+        }
+        while state.failures.len() >= max_failures {
+            state.failures.pop_front();
+        }
+        state.failures.push_back(now);
+        if state.failures.len() < max_failures {
+            return None;
+        }
+        let until = after(now, lock_duration_s(&rules, state.lockouts));
+        state.failures.clear();
+        state.locked_until = Some(until);
+        state.lockouts = state.lockouts.saturating_add(1);
+        Some(Locked { until })
+    }
+
+    /// A permitted code: forgets the failures and the doubling. A lock in force stays (the
+    /// caller never hashes during one, so this only happens by mistake).
+    pub fn record_success(&mut self, source: &str) {
+        let Some(state) = self.sources.get_mut(source) else {
+            return;
+        };
+        if state.locked_until.is_some() {
+            state.failures.clear();
+            state.lockouts = 0;
+        } else {
+            self.sources.remove(source);
+        }
+    }
+}
+
+/// `duration_s * 2^previous_lockouts`, capped, without overflow however many lockouts came before.
+fn lock_duration_s(rules: &LockoutRules, previous_lockouts: u32) -> u64 {
+    let cap = rules.max_duration_s.max(rules.duration_s);
+    2u64.checked_pow(previous_lockouts)
+        .and_then(|factor| rules.duration_s.checked_mul(factor))
+        .map_or(cap, |secs| secs.min(cap))
+}
+
+/// `at + secs`, saturating at the end of time.
+fn after(at: Timestamp, secs: u64) -> Timestamp {
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    at.checked_add(SignedDuration::from_secs(secs))
+        .unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HALL: &str = "keypad:hall";
+
+    fn t0() -> Timestamp {
+        "2024-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        t0() + SignedDuration::from_secs(secs)
+    }
+
+    /// DESIGN.md defaults.
+    fn lockouts() -> Lockouts {
+        Lockouts::new(LockoutRules {
+            max_failures: 4,
+            window_s: 600,
+            duration_s: 90,
+            max_duration_s: 3600,
+        })
+    }
+
+    /// Records failures at `start`, `start + 1`, ... until one starts a lockout; returns it.
+    fn lock(lockouts: &mut Lockouts, source: &str, start: i64) -> Locked {
+        for i in 0..4 {
+            if let Some(locked) = lockouts.record_failure(source, at(start + i)) {
+                assert_eq!(i, 3, "locked after {} failures", i + 1);
+                return locked;
+            }
+        }
+        panic!("four failures did not lock");
+    }
+
+    #[test]
+    fn fourth_wrong_code_within_ten_minutes_locks_for_ninety_seconds() {
+        let mut l = lockouts();
+        assert_eq!(l.record_failure(HALL, at(0)), None);
+        assert_eq!(l.record_failure(HALL, at(200)), None);
+        assert_eq!(l.record_failure(HALL, at(400)), None);
+        assert_eq!(l.check(HALL, at(500)), Ok(()));
+        assert_eq!(
+            l.record_failure(HALL, at(599)),
+            Some(Locked { until: at(689) })
+        );
+    }
+
+    #[test]
+    fn check_refuses_during_the_lock_and_allows_from_its_end() {
+        let mut l = lockouts();
+        let locked = lock(&mut l, HALL, 0);
+        assert_eq!(locked.until, at(93));
+        assert_eq!(l.check(HALL, at(3)), Err(locked));
+        assert_eq!(l.check(HALL, at(92)), Err(locked));
+        assert_eq!(l.check(HALL, at(93)), Ok(()));
+        assert_eq!(l.check(HALL, at(10_000)), Ok(()));
+    }
+
+    #[test]
+    fn failures_spread_beyond_the_window_never_lock() {
+        let mut l = lockouts();
+        for i in 0..100 {
+            assert_eq!(l.record_failure(HALL, at(i * 200)), None, "failure {i}");
+            assert_eq!(l.check(HALL, at(i * 200)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_failure_exactly_window_seconds_old_is_forgotten() {
+        let mut l = lockouts();
+        for secs in [0, 10, 20] {
+            assert_eq!(l.record_failure(HALL, at(secs)), None);
+        }
+        assert_eq!(l.record_failure(HALL, at(600)), None);
+        assert!(l.record_failure(HALL, at(601)).is_some());
+    }
+
+    #[test]
+    fn each_further_lockout_doubles_up_to_the_maximum() {
+        let mut l = lockouts();
+        let mut start = 0;
+        let mut durations = Vec::new();
+        for _ in 0..8 {
+            let locked = lock(&mut l, HALL, start);
+            let began = at(start + 3);
+            durations.push(locked.until.duration_since(began).as_secs());
+            start = locked.until.duration_since(t0()).as_secs() + 1;
+        }
+        assert_eq!(durations, [90, 180, 360, 720, 1440, 2880, 3600, 3600]);
+    }
+
+    #[test]
+    fn a_hundred_lockouts_stay_capped_without_overflow() {
+        let mut l = lockouts();
+        let mut start = 0;
+        for _ in 0..200 {
+            let locked = lock(&mut l, HALL, start);
+            start = locked.until.duration_since(t0()).as_secs() + 1;
+        }
+        let locked = lock(&mut l, HALL, start);
+        assert_eq!(locked.until, at(start + 3 + 3600));
+    }
+
+    #[test]
+    fn a_huge_duration_saturates_instead_of_panicking() {
+        let mut l = Lockouts::new(LockoutRules {
+            max_failures: 1,
+            window_s: u64::MAX,
+            duration_s: u64::MAX,
+            max_duration_s: u64::MAX,
+        });
+        assert_eq!(
+            l.record_failure(HALL, t0()),
+            Some(Locked {
+                until: Timestamp::MAX
+            })
+        );
+        assert!(l.check(HALL, at(1_000_000_000)).is_err());
+    }
+
+    #[test]
+    fn after_a_lock_ends_the_count_starts_from_zero_but_the_doubling_is_kept() {
+        let mut l = lockouts();
+        lock(&mut l, HALL, 0);
+        // The three failures before the lock do not count again.
+        for secs in [93, 94, 95] {
+            assert_eq!(l.record_failure(HALL, at(secs)), None);
+        }
+        assert_eq!(
+            l.record_failure(HALL, at(96)),
+            Some(Locked {
+                until: at(96 + 180)
+            })
+        );
+    }
+
+    #[test]
+    fn exactly_one_lockout_per_lock_even_when_failures_keep_coming() {
+        let mut l = lockouts();
+        let mut lockouts_started = 0;
+        for secs in 0..200 {
+            if l.record_failure(HALL, at(secs)).is_some() {
+                lockouts_started += 1;
+            }
+        }
+        // Locked at 3 until 93; then at 96 until 276.
+        assert_eq!(lockouts_started, 2);
+        assert_eq!(l.check(HALL, at(199)), Err(Locked { until: at(276) }));
+    }
+
+    #[test]
+    fn a_failure_during_the_lock_does_not_extend_it() {
+        let mut l = lockouts();
+        let locked = lock(&mut l, HALL, 0);
+        assert_eq!(l.record_failure(HALL, at(50)), None);
+        assert_eq!(l.check(HALL, at(50)), Err(locked));
+        assert_eq!(l.check(HALL, locked.until), Ok(()));
+    }
+
+    #[test]
+    fn success_forgets_the_failures() {
+        let mut l = lockouts();
+        for secs in [0, 1, 2] {
+            assert_eq!(l.record_failure(HALL, at(secs)), None);
+        }
+        l.record_success(HALL);
+        for secs in [3, 4, 5] {
+            assert_eq!(l.record_failure(HALL, at(secs)), None);
+        }
+        assert!(l.record_failure(HALL, at(6)).is_some());
+    }
+
+    #[test]
+    fn success_after_a_lock_resets_the_doubling() {
+        let mut l = lockouts();
+        lock(&mut l, HALL, 0);
+        lock(&mut l, HALL, 100);
+        l.record_success(HALL);
+        let locked = lock(&mut l, HALL, 10_000);
+        assert_eq!(locked.until, at(10_003 + 90));
+    }
+
+    #[test]
+    fn success_during_a_lock_does_not_lift_it() {
+        let mut l = lockouts();
+        let locked = lock(&mut l, HALL, 0);
+        l.record_success(HALL);
+        assert_eq!(l.check(HALL, at(10)), Err(locked));
+        let next = lock(&mut l, HALL, 1000);
+        assert_eq!(next.until, at(1003 + 90));
+    }
+
+    #[test]
+    fn sources_are_independent() {
+        let mut l = lockouts();
+        let locked = lock(&mut l, HALL, 0);
+        assert_eq!(l.check(HALL, at(10)), Err(locked));
+        assert_eq!(l.check("keypad:garage", at(10)), Ok(()));
+        assert_eq!(l.check("homeassistant", at(10)), Ok(()));
+        for secs in [4, 5, 6] {
+            assert_eq!(l.record_failure("admin", at(secs)), None);
+        }
+        l.record_success("homeassistant");
+        assert!(l.record_failure("admin", at(7)).is_some());
+        l.record_success("admin");
+        assert_eq!(l.check(HALL, at(10)), Err(locked));
+    }
+
+    #[test]
+    fn memory_per_source_stays_within_max_failures() {
+        let mut l = Lockouts::new(LockoutRules {
+            max_failures: 3,
+            window_s: 10,
+            duration_s: 1,
+            max_duration_s: 1,
+        });
+        for secs in 0..1000 {
+            let _ = l.record_failure(HALL, at(secs * 4));
+            assert!(l.sources[HALL].failures.len() <= 3);
+        }
+        l.record_success(HALL);
+        assert!(l.sources.get(HALL).is_none_or(|s| s.failures.is_empty()));
+    }
+
+    #[test]
+    fn zero_max_failures_locks_on_the_first_failure() {
+        let mut l = Lockouts::new(LockoutRules {
+            max_failures: 0,
+            window_s: 600,
+            duration_s: 90,
+            max_duration_s: 3600,
+        });
+        assert_eq!(l.record_failure(HALL, t0()), Some(Locked { until: at(90) }));
+    }
+}

@@ -1,0 +1,128 @@
+//! The `keypad-bridge` command: parse the CLI, set up logging, load the config, run.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keypad_bridge::{cli, config, daemon};
+
+#[derive(Parser)]
+#[command(name = "keypad-bridge", version, about = "Per-person keypad codes for a Home Assistant alarm, over MQTT")]
+struct Args {
+    /// The config file.
+    #[arg(long, global = true, env = "KEYPAD_BRIDGE_CONFIG", default_value = "/etc/keypad-bridge/config.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Check the config file and print every problem with its line and column.
+    CheckConfig,
+    /// Create the store, the secret and the master user (the main code).
+    Init {
+        /// The master's name.
+        #[arg(long, default_value = "Master")]
+        name: String,
+    },
+    /// Set a new code for the master (local recovery of a lost main code).
+    ResetMaster,
+    /// List the users (never their codes).
+    Users,
+    /// Show the activity log, newest first.
+    Activity {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let command = args.command.unwrap_or(Command::Run);
+    if let Command::CheckConfig = command {
+        return Ok(match config::load(&args.config) {
+            Ok(_) => {
+                println!("{}: the config is valid", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let config = config::load(&args.config)?;
+    let level = match command {
+        Command::Run => config.log.level.as_str(),
+        _ => "warn",
+    };
+    init_tracing(level);
+    let stdout = &mut std::io::stdout();
+    match command {
+        Command::Run => run_daemon(config)?,
+        Command::CheckConfig => unreachable!("handled above"),
+        Command::Init { name } => {
+            let user = cli::init(&config, &name, || cli::read_code("Main code"))?;
+            println!(
+                "Created the master user {:?} ({}). Keep a backup of the secret file {}.",
+                user.name,
+                user.id,
+                config.store.secret_file.display()
+            );
+        }
+        Command::ResetMaster => {
+            let user = cli::reset_master(&config, || cli::read_code("New main code"))?;
+            println!("The master user {:?} has a new code.", user.name);
+        }
+        Command::Users => cli::users(&config, stdout)?,
+        Command::Activity { limit } => cli::activity(&config, limit, stdout)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr (journald keeps them); `RUST_LOG` wins over `log.level`.
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run_daemon(config: config::Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Argon2 and fsync run on the blocking pool; a handful of threads is plenty on a Pi.
+        .max_blocking_threads(4)
+        .build()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "stop requested");
+            let _ = tx.send(());
+        }
+    });
+    runtime.block_on(daemon::run(config, async {
+        let _ = rx.await;
+    }))
+}

@@ -1,0 +1,157 @@
+//! The MQTT connection: the only module that imports rumqttc.
+//!
+//! rumqttc's event loop runs in its own task (its `poll()` is not documented as cancel-safe
+//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs over a channel:
+//! each (re)connection, each subscription acknowledgement and each incoming message. After a
+//! connection error rumqttc would reconnect at once in a tight loop, so the task sleeps with
+//! a growing backoff. The daemon connects with a clean session, so it re-subscribes on every
+//! [`MqttEvent::Connected`] (rumqtt issues #250, #857).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    SubscribeFilter, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// Largest packet accepted from the broker. Commands over 64 KiB are answered
+/// `payload_too_large`; this bound only keeps a rogue publisher from exhausting memory.
+const MAX_INCOMING_PACKET: usize = 1024 * 1024;
+
+/// What the connection task reports.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// A (re)connection was accepted: subscribe again.
+    Connected,
+    /// The broker acknowledged a subscription request.
+    Subscribed,
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    },
+}
+
+/// The publishing side, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    client: AsyncClient,
+}
+
+impl Publisher {
+    /// Queues a QoS 1 publish; it goes out once connected.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        let payload: Vec<u8> = payload.into();
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+        {
+            tracing::warn!(topic, "cannot queue a publish: {e}");
+        }
+    }
+
+    pub async fn subscribe(&self, topics: &[String]) {
+        let filters = topics
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = self.client.subscribe_many(filters).await {
+            tracing::warn!("cannot queue the subscriptions: {e}");
+        }
+    }
+
+    /// Sends a DISCONNECT after everything queued before it.
+    pub async fn disconnect(&self) {
+        if let Err(e) = self.client.disconnect().await {
+            tracing::debug!("disconnect request not queued: {e}");
+        }
+    }
+}
+
+/// Builds the client from the config and starts the connection task.
+pub fn connect(
+    config: &Config,
+    status_topic: &str,
+) -> anyhow::Result<(Publisher, mpsc::Receiver<MqttEvent>, JoinHandle<()>)> {
+    let m = &config.mqtt;
+    let mut options = MqttOptions::new(&m.client_id, &m.host, m.port);
+    options
+        .set_keep_alive(Duration::from_secs(m.keepalive_s))
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET)
+        .set_last_will(LastWill::new(
+            status_topic,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(password) = config.read_mqtt_password()? {
+        let Some(username) = &m.username else {
+            bail!("mqtt.password_file is set but mqtt.username is not");
+        };
+        options.set_credentials(username, password);
+    } else if let Some(username) = &m.username {
+        options.set_credentials(username, "");
+    }
+    if let Some(ca_file) = &m.tls.ca_file {
+        // rumqttc is built without a default crypto provider: use ring (FACTS.md).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(ca_file)
+            .with_context(|| format!("cannot read mqtt.tls.ca_file {}", ca_file.display()))?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    let (client, eventloop) = AsyncClient::new(options, 256);
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(drive(eventloop, tx));
+    Ok((Publisher { client }, rx, task))
+}
+
+/// Polls the event loop until the DISCONNECT has gone out or the daemon stops listening.
+async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<MqttEvent>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                tracing::info!("connected to the MQTT broker");
+                backoff = Duration::from_millis(250);
+                if tx.send(MqttEvent::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                if tx.send(MqttEvent::Subscribed).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let event = MqttEvent::Message {
+                    topic: p.topic,
+                    payload: p.payload.to_vec(),
+                    retain: p.retain,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                if tx.is_closed() {
+                    return;
+                }
+                tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

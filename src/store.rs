@@ -1,0 +1,647 @@
+//! The store: a sled database, the site secret beside it, and the alarm-state file (DESIGN.md 2, 2b).
+//!
+//! Key layout (one sled tree each):
+//!
+//! | tree       | key                        | value                                   |
+//! |------------|----------------------------|-----------------------------------------|
+//! | `users`    | user id (UTF-8)            | [`User`] as JSON (no code, only its lookup key) |
+//! | `codes`    | lookup key (32 bytes)      | user id                                 |
+//! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
+//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved` | site values |
+//! | `applied`  | command id (UTF-8)         | the result published for it (idempotency) |
+//!
+//! A code check is one Argon2id computation ([`LookupKeyer::key`]) and one `codes` lookup.
+//! Every change goes through [`Store::commit`]: one sled transaction over all trees, then
+//! [`Store::make_durable`] (sled's `flush()` plus an `fsync` of every file and the directory,
+//! because sled's flush does not persist file metadata, sled issue #1452). Only then may the
+//! caller acknowledge the change. The alarm state lives in a small JSON file next to the
+//! database, replaced atomically.
+//!
+//! All methods block: the daemon calls them through `spawn_blocking`.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::codes::{Argon2Params, LookupKey, LookupKeyer};
+use crate::config::{Config, StoreConfig};
+use crate::events::Event;
+use crate::users::{names_equal, Role, User};
+
+const FORMAT: &[u8] = b"1";
+const SECRET_LEN: usize = 32;
+const SALT_LEN: usize = 16;
+const SECRET_CHECK_PURPOSE: &[u8] = b"keypad-bridge secret check v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store at {path} is in use by another process (is the keypad-bridge daemon running? \
+         stop it first, e.g. `systemctl stop keypad-bridge`)"
+    )]
+    Busy { path: PathBuf },
+    #[error("there is no store at {path}: create it with `keypad-bridge init` (or start the daemon once)")]
+    Missing { path: PathBuf },
+    #[error(
+        "the secret file {secret} is missing, but the store at {store} was created with a secret; \
+         restore the secret file from your backup (creating a new one would invalidate every code)"
+    )]
+    SecretMissing { secret: PathBuf, store: PathBuf },
+    #[error(
+        "the secret file {secret} does not belong to the store at {store}; restore the right \
+         secret file (replacing it would invalidate every code)"
+    )]
+    SecretMismatch { secret: PathBuf, store: PathBuf },
+    #[error("the secret file {path} is damaged: it must hold exactly {SECRET_LEN} bytes")]
+    SecretDamaged { path: PathBuf },
+    #[error("the store at {path} is damaged ({what}); refusing to start rather than come up with no users")]
+    Damaged { path: PathBuf, what: String },
+    #[error("the alarm state file {path} is damaged ({what}); refusing to start rather than guess the alarm state")]
+    AlarmStateDamaged { path: PathBuf, what: String },
+    #[error("the alarm state file {path} is missing although the store has saved one before; restore it or remove the store's `alarm_saved` marker by re-creating the store")]
+    AlarmStateMissing { path: PathBuf },
+    #[error("cannot use the secret file {path}: {source}")]
+    SecretIo { path: PathBuf, source: io::Error },
+    #[error("store I/O error at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("an internal task failed: {0}")]
+    Task(String),
+    #[error("invalid Argon2 parameters: {0}")]
+    Argon2(argon2::Error),
+}
+
+/// One atomic, durable change to the store.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub put_users: Vec<User>,
+    pub delete_users: Vec<String>,
+    pub put_codes: Vec<(LookupKey, String)>,
+    pub delete_codes: Vec<LookupKey>,
+    /// Appended to the activity log; their `seq` is assigned here.
+    pub events: Vec<Event>,
+    /// The result of an applied command, kept under its id.
+    pub applied: Option<(String, serde_json::Value)>,
+}
+
+/// The open store. Cheap to clone (sled trees are reference-counted).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    codes: sled::Tree,
+    activity: sled::Tree,
+    meta: sled::Tree,
+    applied: sled::Tree,
+    keyer: LookupKeyer,
+    path: PathBuf,
+    alarm_path: PathBuf,
+    max_activity: u64,
+}
+
+/// Whether [`Store::open`] may create a new store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Create {
+    Allowed,
+    Refused,
+}
+
+impl Store {
+    /// Opens (or creates) the store named by the config.
+    pub fn open(config: &Config, create: Create) -> Result<Store, StoreError> {
+        let params = Argon2Params {
+            memory_kib: config.codes.argon2.memory_kib,
+            iterations: config.codes.argon2.iterations,
+            parallelism: config.codes.argon2.parallelism,
+        };
+        Store::open_with(&config.store, params, config.activity.max_entries, create)
+    }
+
+    pub fn open_with(
+        cfg: &StoreConfig,
+        params: Argon2Params,
+        max_activity: u64,
+        create: Create,
+    ) -> Result<Store, StoreError> {
+        let path = cfg.path.clone();
+        let existed = path.join("conf").exists() || path.join("db").exists();
+        if !existed && create == Create::Refused {
+            return Err(StoreError::Missing { path });
+        }
+        if !existed {
+            create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cfg.cache_mb.saturating_mul(1024 * 1024))
+            // Every change is flushed explicitly before it is acknowledged; a background
+            // flusher would only wake a Raspberry Pi's SD card for nothing.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(e, &path))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(e, &path));
+        let users = tree("users")?;
+        let codes = tree("codes")?;
+        let activity = tree("activity")?;
+        let meta = tree("meta")?;
+        let applied = tree("applied")?;
+
+        let keyer = match meta.get("format")? {
+            Some(format) => {
+                if format.as_ref() != FORMAT {
+                    return Err(StoreError::Damaged {
+                        path,
+                        what: format!("unknown format {:?}", String::from_utf8_lossy(&format)),
+                    });
+                }
+                open_existing(&meta, cfg, &path, params)?
+            }
+            None => {
+                if !users.is_empty() || !codes.is_empty() || !activity.is_empty() {
+                    return Err(StoreError::Damaged {
+                        path,
+                        what: "its site parameters are missing".into(),
+                    });
+                }
+                if create == Create::Refused {
+                    return Err(StoreError::Missing { path });
+                }
+                create_new(&db, &meta, cfg, &path, params)?
+            }
+        };
+        let alarm_path = alarm_state_path(&path);
+        let store = Store {
+            db,
+            users,
+            codes,
+            activity,
+            meta,
+            applied,
+            keyer,
+            path,
+            alarm_path,
+            max_activity: max_activity.max(1),
+        };
+        store.trim_activity()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keyer(&self) -> &LookupKeyer {
+        &self.keyer
+    }
+
+    /// The user a lookup key belongs to: one `codes` lookup, one `users` read.
+    pub fn user_by_key(&self, key: &LookupKey) -> Result<Option<User>, StoreError> {
+        match self.codes.get(key.0)? {
+            Some(id) => self.user(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn code_taken(&self, key: &LookupKey) -> Result<bool, StoreError> {
+        Ok(self.codes.contains_key(key.0)?)
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        match self.users.get(id)? {
+            Some(bytes) => Ok(Some(self.decode_user(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds a user by id, or else by name (case-insensitive).
+    pub fn find_user(&self, id_or_name: &str) -> Result<Option<User>, StoreError> {
+        if let Some(user) = self.user(id_or_name)? {
+            return Ok(Some(user));
+        }
+        Ok(self
+            .users()?
+            .into_iter()
+            .find(|u| names_equal(&u.name, id_or_name.trim())))
+    }
+
+    /// Every user, oldest first.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let mut users = self
+            .users
+            .iter()
+            .values()
+            .map(|v| self.decode_user(&v?))
+            .collect::<Result<Vec<_>, _>>()?;
+        users.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(users)
+    }
+
+    pub fn master(&self) -> Result<Option<User>, StoreError> {
+        Ok(self.users()?.into_iter().find(|u| u.role == Role::Master))
+    }
+
+    /// A new user id like `u_7f3a9c`, unused in this store.
+    pub fn new_user_id(&self) -> Result<String, StoreError> {
+        loop {
+            let n = rand::rng().next_u32() & 0x00ff_ffff;
+            let id = format!("u_{n:06x}");
+            if !self.users.contains_key(&id)? {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// The result stored for an applied command id.
+    pub fn applied(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.applied.get(id)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| self.damaged(format!("a stored command result is unreadable: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies a change atomically and makes it durable. Returns the events with their `seq`.
+    pub fn commit(&self, change: Change) -> Result<Vec<Event>, StoreError> {
+        let users: Vec<(String, Vec<u8>)> = change
+            .put_users
+            .iter()
+            .map(|u| (u.id.clone(), json_bytes(u)))
+            .collect();
+        let applied = change
+            .applied
+            .as_ref()
+            .map(|(id, result)| (id.clone(), json_bytes(result)));
+        let max_activity = self.max_activity;
+        let result = (&self.users, &self.codes, &self.activity, &self.meta, &self.applied)
+            .transaction(|(tu, tc, ta, tm, tapp)| {
+                for id in &change.delete_users {
+                    tu.remove(id.as_bytes())?;
+                }
+                for (id, bytes) in &users {
+                    tu.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for key in &change.delete_codes {
+                    tc.remove(&key.0)?;
+                }
+                for (key, id) in &change.put_codes {
+                    tc.insert(&key.0, id.as_bytes())?;
+                }
+                let mut seq = match tm.get("next_seq")? {
+                    Some(v) => read_u64(&v),
+                    None => 1,
+                };
+                let mut events = change.events.clone();
+                for event in &mut events {
+                    event.seq = seq;
+                    ta.insert(&seq.to_be_bytes(), event.to_json().into_bytes())?;
+                    if seq > max_activity {
+                        ta.remove(&(seq - max_activity).to_be_bytes())?;
+                    }
+                    seq += 1;
+                }
+                tm.insert("next_seq", &seq.to_be_bytes())?;
+                if let Some((id, bytes)) = &applied {
+                    tapp.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(events)
+            });
+        let events = match result {
+            Ok(events) => events,
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+        };
+        self.make_durable()?;
+        Ok(events)
+    }
+
+    /// Activity entries, newest first: at most `limit`, with `seq < before`, about `user_id`.
+    pub fn activity(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+        user_id: Option<&str>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for entry in self.activity.range(..end.to_be_bytes()).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, bytes) = entry?;
+            let event: Event = serde_json::from_slice(&bytes)
+                .map_err(|e| self.damaged(format!("an activity entry is unreadable: {e}")))?;
+            if user_id.is_none_or(|id| event.involves(id)) {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the saved alarm state; `None` for a store that never saved one.
+    pub fn load_alarm<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        match fs::read(&self.alarm_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::AlarmStateDamaged {
+                    path: self.alarm_path.clone(),
+                    what: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if self.meta.contains_key("alarm_saved")? {
+                    Err(StoreError::AlarmStateMissing {
+                        path: self.alarm_path.clone(),
+                    })
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(source) => Err(StoreError::Io {
+                path: self.alarm_path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Replaces the alarm-state file atomically and durably.
+    pub fn save_alarm<T: serde::Serialize>(&self, alarm: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(alarm).unwrap_or_default();
+        write_atomically(&self.alarm_path, &bytes).map_err(|source| StoreError::Io {
+            path: self.alarm_path.clone(),
+            source,
+        })?;
+        if !self.meta.contains_key("alarm_saved")? {
+            self.meta.insert("alarm_saved", "1")?;
+            self.make_durable()?;
+        }
+        Ok(())
+    }
+
+    /// sled's flush, then fsync of every file of the database and of its directory.
+    pub fn make_durable(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        sync_tree(&self.path).map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn trim_activity(&self) -> Result<(), StoreError> {
+        let next = match self.meta.get("next_seq")? {
+            Some(v) => read_u64(&v),
+            None => return Ok(()),
+        };
+        let keep_from = next.saturating_sub(self.max_activity);
+        let mut removed = false;
+        for key in self.activity.range(..keep_from.to_be_bytes()).keys() {
+            self.activity.remove(key?)?;
+            removed = true;
+        }
+        if removed {
+            self.make_durable()?;
+        }
+        Ok(())
+    }
+
+    fn decode_user(&self, bytes: &[u8]) -> Result<User, StoreError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| self.damaged(format!("a user record is unreadable: {e}")))
+    }
+
+    fn damaged(&self, what: String) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            what,
+        }
+    }
+}
+
+/// Where the alarm-state file of the store at `db` lives: `<db>.alarm.json`, beside it.
+pub fn alarm_state_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".alarm.json");
+    db.with_file_name(name)
+}
+
+fn open_error(e: sled::Error, path: &Path) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => StoreError::Busy {
+            path: path.to_owned(),
+        },
+        sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Busy {
+            path: path.to_owned(),
+        },
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
+            path: path.to_owned(),
+            what: e.to_string(),
+        },
+        other => StoreError::Sled(other),
+    }
+}
+
+fn open_existing(
+    meta: &sled::Tree,
+    cfg: &StoreConfig,
+    path: &Path,
+    configured: Argon2Params,
+) -> Result<LookupKeyer, StoreError> {
+    let damaged = |what: &str| StoreError::Damaged {
+        path: path.to_owned(),
+        what: what.to_owned(),
+    };
+    let salt = meta.get("salt")?.ok_or_else(|| damaged("the site salt is missing"))?;
+    let params: Argon2Params = meta
+        .get("argon2")?
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .ok_or_else(|| damaged("the recorded Argon2 parameters are missing"))?;
+    let check = meta
+        .get("secret_check")?
+        .ok_or_else(|| damaged("the secret check value is missing"))?;
+    let secret = match read_secret(&cfg.secret_file) {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(StoreError::SecretMissing {
+                secret: cfg.secret_file.clone(),
+                store: path.to_owned(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let keyer = LookupKeyer::new(&secret, &salt, params).map_err(StoreError::Argon2)?;
+    if keyer.derive(SECRET_CHECK_PURPOSE).0.as_slice() != check.as_ref() {
+        return Err(StoreError::SecretMismatch {
+            secret: cfg.secret_file.clone(),
+            store: path.to_owned(),
+        });
+    }
+    if params != configured {
+        tracing::info!(
+            "codes.argon2 in the config differs from the parameters recorded when the store was \
+             created; the recorded ones stay in use (memory_kib={}, iterations={}, parallelism={})",
+            params.memory_kib,
+            params.iterations,
+            params.parallelism
+        );
+    }
+    Ok(keyer)
+}
+
+fn create_new(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    cfg: &StoreConfig,
+    path: &Path,
+    params: Argon2Params,
+) -> Result<LookupKeyer, StoreError> {
+    // A secret left by an interrupted first start (file written, store not yet) is reused.
+    let secret = match read_secret(&cfg.secret_file)? {
+        Some(secret) => secret,
+        None => create_secret(&cfg.secret_file)?,
+    };
+    let mut salt = [0u8; SALT_LEN];
+    rand::rng().fill_bytes(&mut salt);
+    let keyer = LookupKeyer::new(&secret, &salt, params).map_err(StoreError::Argon2)?;
+    let check = keyer.derive(SECRET_CHECK_PURPOSE);
+    meta.insert("salt", &salt)?;
+    meta.insert("argon2", json_bytes(&params))?;
+    meta.insert("secret_check", &check.0)?;
+    meta.insert("next_seq", &1u64.to_be_bytes())?;
+    // `format` last: its presence says the site values are complete.
+    meta.insert("format", FORMAT)?;
+    db.flush()?;
+    sync_tree(path).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "created a new store");
+    Ok(keyer)
+}
+
+fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::SecretIo {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut secret = Vec::new();
+    file.read_to_end(&mut secret)
+        .map_err(|source| StoreError::SecretIo {
+            path: path.to_owned(),
+            source,
+        })?;
+    if secret.len() != SECRET_LEN {
+        return Err(StoreError::SecretDamaged {
+            path: path.to_owned(),
+        });
+    }
+    if let Ok(meta) = file.metadata() {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "the secret file is readable by other users; it should have mode 0600 (chmod 600)"
+            );
+        }
+    }
+    Ok(Some(secret))
+}
+
+fn create_secret(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let io_err = |source| StoreError::SecretIo {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let mut secret = vec![0u8; SECRET_LEN];
+    rand::rng().fill_bytes(&mut secret);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err)?;
+    file.write_all(&secret).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    sync_dir(dir).map_err(io_err)?;
+    tracing::info!(path = %path.display(), "created the site secret (keep a backup of it)");
+    Ok(secret)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Writes `bytes` to `path` through a temporary file: fsync, rename, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    fs::File::open(dir)?.sync_all()
+}
+
+/// fsyncs every regular file below `dir`, then the directories themselves.
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .unwrap_or(u64::MAX / 2)
+}
+
+/// Store values hold only strings, numbers and timestamps: serialising them cannot fail.
+fn json_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
