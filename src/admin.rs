@@ -74,7 +74,9 @@ impl CommandError {
 impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
         tracing::error!("store error while handling a command: {e}");
-        CommandError::Internal("the store could not complete the command; see the daemon's log".into())
+        CommandError::Internal(
+            "the store could not complete the command; see the daemon's log".into(),
+        )
     }
 }
 
@@ -291,7 +293,11 @@ pub fn apply(
             }
         }
         "activity" => activity(ctx, request, &mut f)?,
-        other => return Err(CommandError::UnknownCommand(format!("unknown command {other:?}"))),
+        other => {
+            return Err(CommandError::UnknownCommand(format!(
+                "unknown command {other:?}"
+            )))
+        }
     };
     Ok(applied)
 }
@@ -334,7 +340,9 @@ fn add_user(
             ));
         }
         if authority.is_admin() {
-            return Err(CommandError::Forbidden("an admin cannot create a master".into()));
+            return Err(CommandError::Forbidden(
+                "an admin cannot create a master".into(),
+            ));
         }
         if rules.any_set() {
             return Err(CommandError::InvalidField(
@@ -428,7 +436,9 @@ fn set_code(
     f: &mut Fields<'_>,
 ) -> Result<Applied, CommandError> {
     let mut user = f.target(ctx.store)?;
-    let key = f.code(ctx, "code")?.ok_or_else(|| missing("set_code", "code"))?;
+    let key = f
+        .code(ctx, "code")?
+        .ok_or_else(|| missing("set_code", "code"))?;
     f.finish()?;
     guard_target(authority, &user)?;
     check_code_free(ctx.store, &key, Some(&user.id))?;
@@ -511,9 +521,7 @@ fn activity(
 ) -> Result<Applied, CommandError> {
     let limit = f.positive("limit")?.flatten().unwrap_or(50);
     if limit > 1000 {
-        return Err(CommandError::InvalidField(
-            "`limit` is at most 1000".into(),
-        ));
+        return Err(CommandError::InvalidField("`limit` is at most 1000".into()));
     }
     let before = f.positive("before")?.flatten();
     let user = f.string("user")?.flatten();
@@ -689,9 +697,9 @@ impl<'a> Fields<'a> {
     fn role(&mut self, key: &'static str) -> Result<Option<Role>, CommandError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|_| {
-                invalid(key, "must be one of master, admin, user, arm_only, duress")
-            }),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|_| invalid(key, "must be one of master, admin, user, arm_only, duress")),
         }
     }
 
@@ -708,7 +716,10 @@ impl<'a> Fields<'a> {
 
     fn timestamp(&mut self, key: &'static str) -> Result<Option<Option<Timestamp>>, CommandError> {
         match self.string(key) {
-            Err(_) => Err(invalid(key, "must be an RFC 3339 time like \"2026-12-31T18:00:00Z\"")),
+            Err(_) => Err(invalid(
+                key,
+                "must be an RFC 3339 time like \"2026-12-31T18:00:00Z\"",
+            )),
             Ok(None) => Ok(None),
             Ok(Some(None)) => Ok(Some(None)),
             Ok(Some(Some(s))) => s.parse::<Timestamp>().map(|t| Some(Some(t))).map_err(|_| {
@@ -752,21 +763,20 @@ impl<'a> Fields<'a> {
         ctx: &Context<'_>,
         key: &'static str,
     ) -> Result<Option<LookupKey>, CommandError> {
-        let raw = match self.get(key) {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::String(s)) => s,
-            Some(Value::Number(_)) => {
-                return Err(CommandError::InvalidCodeFormat(
+        let raw =
+            match self.get(key) {
+                None | Some(Value::Null) => return Ok(None),
+                Some(Value::String(s)) => s,
+                Some(Value::Number(_)) => return Err(CommandError::InvalidCodeFormat(
                     "a code must be a JSON string such as \"0042\" (a number loses leading zeros)"
                         .into(),
-                ))
-            }
-            Some(_) => {
-                return Err(CommandError::InvalidCodeFormat(
-                    "a code must be a JSON string of digits".into(),
-                ))
-            }
-        };
+                )),
+                Some(_) => {
+                    return Err(CommandError::InvalidCodeFormat(
+                        "a code must be a JSON string of digits".into(),
+                    ))
+                }
+            };
         let code = Code::parse(raw, ctx.min_length, ctx.max_length)
             .map_err(|e| CommandError::InvalidCodeFormat(e.to_string()))?;
         Ok(Some(ctx.keyer.key(&code)))
@@ -779,9 +789,9 @@ impl<'a> Fields<'a> {
             Some(Some(who)) => who,
             Some(None) | None => return Err(missing(command, "user")),
         };
-        store.find_user(&who)?.ok_or_else(|| {
-            CommandError::NotFound(format!("no user has the id or name {who:?}"))
-        })
+        store
+            .find_user(&who)?
+            .ok_or_else(|| CommandError::NotFound(format!("no user has the id or name {who:?}")))
     }
 
     /// Refuses fields this command does not take (a typo must not go unnoticed).

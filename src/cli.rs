@@ -85,8 +85,12 @@ pub fn init(
         put_users: vec![user.clone()],
         put_codes: vec![(key, user.id.clone())],
         events: vec![
-            Event::new(EventType::UserAdded, now).source(SOURCE).about(&user),
-            Event::new(EventType::CodeSet, now).source(SOURCE).about(&user),
+            Event::new(EventType::UserAdded, now)
+                .source(SOURCE)
+                .about(&user),
+            Event::new(EventType::CodeSet, now)
+                .source(SOURCE)
+                .about(&user),
         ],
         ..Change::default()
     })?;
@@ -118,9 +122,11 @@ pub fn reset_master(
     master.code_key = Some(key.to_hex());
     master.uses = 0;
     master.updated_at = now;
-    change
-        .events
-        .push(Event::new(EventType::CodeSet, now).source(SOURCE).about(&master));
+    change.events.push(
+        Event::new(EventType::CodeSet, now)
+            .source(SOURCE)
+            .about(&master),
+    );
     change.put_users.push(master.clone());
     store.commit(change)?;
     Ok(master)
@@ -131,7 +137,10 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = Store::open(config, Create::Refused)?;
     let users = store.users()?;
     if users.is_empty() {
-        writeln!(out, "no users yet: create the master with `keypad-bridge init`")?;
+        writeln!(
+            out,
+            "no users yet: create the master with `keypad-bridge init`"
+        )?;
     }
     for u in users {
         let mut rules = Vec::new();

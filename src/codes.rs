@@ -197,14 +197,14 @@ mod tests {
         for bad in ["12 34", "١٢٣٤", "-1234", "12a4", "１２３４", ""] {
             let err = Code::parse(bad, 4, 6).unwrap_err();
             assert!(
-                matches!(err, CodeFormatError::NotDigits | CodeFormatError::Length { .. }),
+                matches!(
+                    err,
+                    CodeFormatError::NotDigits | CodeFormatError::Length { .. }
+                ),
                 "{bad:?} was accepted"
             );
         }
-        assert_eq!(
-            Code::parse("١٢٣٤", 4, 6),
-            Err(CodeFormatError::NotDigits)
-        );
+        assert_eq!(Code::parse("١٢٣٤", 4, 6), Err(CodeFormatError::NotDigits));
     }
 
     #[test]

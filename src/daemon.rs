@@ -22,7 +22,9 @@ use crate::codes::LookupKeyer;
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
 use crate::events::{Event, EventType};
 use crate::homeassistant;
-use crate::keypad::{self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, Parsed, TypedCode};
+use crate::keypad::{
+    self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, Parsed, TypedCode,
+};
 use crate::lockout::{LockoutRules, Lockouts};
 use crate::mqtt::{self, MqttEvent, Publisher};
 use crate::store::{Change, Create, Store};
@@ -135,9 +137,8 @@ pub async fn run_with_store(
     };
     tracing::info!(state = daemon.alarm.state.as_str(), "starting");
     // A delay that ran out while the daemon was down takes effect now.
+    // The state itself is published once the subscriptions are acknowledged (`announce`).
     daemon.on_deadline(now).await;
-    daemon.queue_state();
-    daemon.flush().await;
 
     tokio::pin!(shutdown);
     loop {
@@ -165,7 +166,10 @@ pub async fn run_with_store(
         .publish(&daemon.topics.status, "offline", true)
         .await;
     publisher.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .is_err()
+    {
         tracing::warn!("the MQTT connection did not close within 5 s");
     }
     daemon.store.make_durable()?;
@@ -295,7 +299,10 @@ impl Daemon {
             self.transactions
                 .retain(|_, (at, _)| at.elapsed() < TRANSACTION_MEMORY);
             if let Some((_, reply)) = self.transactions.get(key) {
-                tracing::info!(keypad = keypad.name, "repeated transaction: same reply, not applied again");
+                tracing::info!(
+                    keypad = keypad.name,
+                    "repeated transaction: same reply, not applied again"
+                );
                 let topic = Topics::zigbee2mqtt_set(&keypad.topic);
                 self.publisher.publish(&topic, reply.clone(), false).await;
                 return;
@@ -346,9 +353,15 @@ impl Daemon {
         let now = Timestamp::now();
         self.on_deadline(now).await;
         let command = match request {
-            Request::Trigger => return self.change(Command::Trigger, None, source, request, now).await,
+            Request::Trigger => {
+                return self
+                    .change(Command::Trigger, None, source, request, now)
+                    .await
+            }
             Request::Keypad(KeypadAction::Panic) => {
-                return self.change(Command::Panic, None, source, request, now).await
+                return self
+                    .change(Command::Panic, None, source, request, now)
+                    .await
             }
             Request::Keypad(KeypadAction::Disarm) => Command::Disarm,
             Request::Keypad(KeypadAction::Arm(mode)) => Command::Arm(mode),
@@ -359,7 +372,11 @@ impl Daemon {
         };
         if let Command::Arm(mode) = command {
             if !self.config.alarm.modes.contains(&mode) {
-                tracing::warn!(source, mode = mode.as_str(), "refusing a mode that alarm.modes does not list");
+                tracing::warn!(
+                    source,
+                    mode = mode.as_str(),
+                    "refusing a mode that alarm.modes does not list"
+                );
                 return Answer::NotReady;
             }
         }
@@ -383,7 +400,9 @@ impl Daemon {
             _ => Use::Arm,
         };
         if let Err(reason) = user.check(what, now, &self.tz) {
-            return self.refuse(source, now, Some((&user, reason.as_str())), "").await;
+            return self
+                .refuse(source, now, Some((&user, reason.as_str())), "")
+                .await;
         }
         self.lockouts.record_success(source);
         self.change(command, Some(user), source, request, now).await
@@ -417,12 +436,26 @@ impl Daemon {
         let mut events = Vec::new();
         match denied {
             Some((user, reason)) => {
-                tracing::info!(source, user = user.name, reason, "code refused by its rules");
-                events.push(Event::new(EventType::Denied, now).source(source).about(user).reason(reason));
+                tracing::info!(
+                    source,
+                    user = user.name,
+                    reason,
+                    "code refused by its rules"
+                );
+                events.push(
+                    Event::new(EventType::Denied, now)
+                        .source(source)
+                        .about(user)
+                        .reason(reason),
+                );
             }
             None => {
                 tracing::info!(source, why, "invalid code");
-                events.push(Event::new(EventType::InvalidCode, now).source(source).reason(why));
+                events.push(
+                    Event::new(EventType::InvalidCode, now)
+                        .source(source)
+                        .reason(why),
+                );
             }
         }
         if let Some(locked) = self.lockouts.record_failure(source, now) {
@@ -454,7 +487,11 @@ impl Daemon {
         if let (Some(user), Outcome::Changed(_)) = (&user, &outcome) {
             if user.role == Role::Duress {
                 // Silent: only the event says so; state and attributes look like any disarm.
-                change.events.push(Event::new(EventType::Duress, now).source(source).about(user));
+                change.events.push(
+                    Event::new(EventType::Duress, now)
+                        .source(source)
+                        .about(user),
+                );
             }
         }
         let answer = match outcome {
@@ -500,9 +537,22 @@ impl Daemon {
             }
         };
         if let Some(user) = &user {
-            tracing::info!(source, user = user.name, answer = answer.as_str(), state = self.alarm.state.as_str(), "{}", request.word());
+            tracing::info!(
+                source,
+                user = user.name,
+                answer = answer.as_str(),
+                state = self.alarm.state.as_str(),
+                "{}",
+                request.word()
+            );
         } else {
-            tracing::info!(source, answer = answer.as_str(), state = self.alarm.state.as_str(), "{}", request.word());
+            tracing::info!(
+                source,
+                answer = answer.as_str(),
+                state = self.alarm.state.as_str(),
+                "{}",
+                request.word()
+            );
         }
         self.record(change).await;
         answer
@@ -667,7 +717,10 @@ impl Daemon {
         };
         match self.store.applied(&request.id) {
             Ok(Some(mut result)) => {
-                tracing::info!(id = request.id, "command already applied: re-publishing its result");
+                tracing::info!(
+                    id = request.id,
+                    "command already applied: re-publishing its result"
+                );
                 if let Value::Object(map) = &mut result {
                     map.insert("replayed".into(), json!(true));
                 }
@@ -683,7 +736,12 @@ impl Daemon {
         match outcome {
             Ok(result) => result,
             Err(error) => {
-                tracing::info!(id = request.id, command = request.command, kind = error.kind(), "command refused: {error}");
+                tracing::info!(
+                    id = request.id,
+                    command = request.command,
+                    kind = error.kind(),
+                    "command refused: {error}"
+                );
                 admin::failure(&request.partial(), &error)
             }
         }
@@ -759,7 +817,11 @@ impl Daemon {
         change.applied = Some((request.id.clone(), applied.result.clone()));
         let store = self.store.clone();
         let events = blocking(move || store.commit(change)).await?;
-        tracing::info!(id = request.id, command = request.command, "command applied");
+        tracing::info!(
+            id = request.id,
+            command = request.command,
+            "command applied"
+        );
         for event in events {
             self.push(self.topics.event.clone(), event.to_json(), false);
         }

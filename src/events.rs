@@ -189,14 +189,17 @@ mod tests {
             let json = serde_json::to_value(t).unwrap();
             assert_eq!(json, serde_json::Value::String(t.as_str().into()));
         }
-        let names: std::collections::HashSet<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        let names: std::collections::HashSet<_> =
+            EventType::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(names.len(), 21);
     }
 
     #[test]
     fn unknown_fields_are_left_out_of_the_json() {
         let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
-        let json = Event::new(EventType::Lockout, at).source("keypad:hall").to_json();
+        let json = Event::new(EventType::Lockout, at)
+            .source("keypad:hall")
+            .to_json();
         assert_eq!(
             json,
             r#"{"event_type":"lockout","at":"2026-11-23T10:00:00Z","seq":0,"source":"keypad:hall"}"#

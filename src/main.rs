@@ -8,10 +8,19 @@ use clap::{Parser, Subcommand};
 use keypad_bridge::{cli, config, daemon};
 
 #[derive(Parser)]
-#[command(name = "keypad-bridge", version, about = "Per-person keypad codes for a Home Assistant alarm, over MQTT")]
+#[command(
+    name = "keypad-bridge",
+    version,
+    about = "Per-person keypad codes for a Home Assistant alarm, over MQTT"
+)]
 struct Args {
     /// The config file.
-    #[arg(long, global = true, env = "KEYPAD_BRIDGE_CONFIG", default_value = "/etc/keypad-bridge/config.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEYPAD_BRIDGE_CONFIG",
+        default_value = "/etc/keypad-bridge/config.yaml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

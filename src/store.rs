@@ -279,7 +279,13 @@ impl Store {
             .as_ref()
             .map(|(id, result)| (id.clone(), json_bytes(result)));
         let max_activity = self.max_activity;
-        let result = (&self.users, &self.codes, &self.activity, &self.meta, &self.applied)
+        let result = (
+            &self.users,
+            &self.codes,
+            &self.activity,
+            &self.meta,
+            &self.applied,
+        )
             .transaction(|(tu, tc, ta, tm, tapp)| {
                 for id in &change.delete_users {
                     tu.remove(id.as_bytes())?;
@@ -347,12 +353,12 @@ impl Store {
     /// Loads the saved alarm state; `None` for a store that never saved one.
     pub fn load_alarm<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
         match fs::read(&self.alarm_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::AlarmStateDamaged {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StoreError::AlarmStateDamaged {
                     path: self.alarm_path.clone(),
                     what: e.to_string(),
-                }),
+                }
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if self.meta.contains_key("alarm_saved")? {
                     Err(StoreError::AlarmStateMissing {
@@ -455,7 +461,9 @@ fn open_existing(
         path: path.to_owned(),
         what: what.to_owned(),
     };
-    let salt = meta.get("salt")?.ok_or_else(|| damaged("the site salt is missing"))?;
+    let salt = meta
+        .get("salt")?
+        .ok_or_else(|| damaged("the site salt is missing"))?;
     let params: Argon2Params = meta
         .get("argon2")?
         .and_then(|v| serde_json::from_slice(&v).ok())

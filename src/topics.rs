@@ -56,6 +56,9 @@ impl Topics {
 
     /// `<prefix>/<component>/<node_id>/<object_id>/config`.
     pub fn discovery(&self, component: &str, node_id: &str, object_id: &str) -> String {
-        format!("{}/{component}/{node_id}/{object_id}/config", self.ha_prefix)
+        format!(
+            "{}/{component}/{node_id}/{object_id}/config",
+            self.ha_prefix
+        )
     }
 }

@@ -17,7 +17,9 @@ pub fn parse(payload: &[u8]) -> Parsed {
         Err(e) => return Parsed::Invalid(format!("the message is not valid JSON ({e})")),
     };
     let Value::Object(map) = value else {
-        return Parsed::Invalid("the message must be a JSON object like {\"code\": \"1234\"}".into());
+        return Parsed::Invalid(
+            "the message must be a JSON object like {\"code\": \"1234\"}".into(),
+        );
     };
     let action = match map.get("action") {
         None | Some(Value::Null) => KeypadAction::Toggle,
@@ -81,7 +83,9 @@ mod tests {
 
     #[test]
     fn esphome_key_collector_payload_arms_away_and_ignores_end_key() {
-        let i = input(include_str!("../../tests/fixtures/esphome/keypad-front__arm_away.json"));
+        let i = input(include_str!(
+            "../../tests/fixtures/esphome/keypad-front__arm_away.json"
+        ));
         assert_eq!(i.action, KeypadAction::Arm(ArmMode::ArmedAway));
         assert_eq!(i.code, Some(TypedCode::Text("1234".into())));
     }
@@ -95,7 +99,12 @@ mod tests {
 
     #[test]
     fn unreadable_messages_say_why() {
-        for bad in ["{", "[1]", r#"{"action":"open_sesame","code":"1234"}"#, r#"{"action":5}"#] {
+        for bad in [
+            "{",
+            "[1]",
+            r#"{"action":"open_sesame","code":"1234"}"#,
+            r#"{"action":5}"#,
+        ] {
             assert!(matches!(parse(bad.as_bytes()), Parsed::Invalid(_)), "{bad}");
         }
         assert!(matches!(parse(&[0xff, 0xfe]), Parsed::Invalid(_)));

@@ -26,14 +26,18 @@ mod tests {
 
     #[test]
     fn the_payload_is_the_code_with_one_line_ending_dropped() {
-        let Parsed::Input(input) = parse(b"0042\n") else { panic!() };
+        let Parsed::Input(input) = parse(b"0042\n") else {
+            panic!()
+        };
         assert_eq!(input.action, KeypadAction::Toggle);
         assert_eq!(input.code, Some(TypedCode::Text("0042".into())));
     }
 
     #[test]
     fn invalid_utf8_is_a_malformed_code_and_empty_is_ignored() {
-        let Parsed::Input(input) = parse(&[0xff, 0x31]) else { panic!() };
+        let Parsed::Input(input) = parse(&[0xff, 0x31]) else {
+            panic!()
+        };
         assert_eq!(input.code, Some(TypedCode::NotText));
         assert_eq!(parse(b""), Parsed::Ignore);
     }

@@ -1,0 +1,188 @@
+//! The spine (issue 2): a code typed on a keypad arms or disarms the alarm and names the person,
+//! against a real mosquitto, with the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn a_right_code_on_a_json_keypad_arms_then_disarms_and_names_the_person() {
+    let w = World::start(|_| {});
+    w.wait_state("disarmed");
+
+    let reply = w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
+    assert_eq!(reply, json!({"result": "accepted", "state": "armed_away"}));
+    w.wait_state("armed_away");
+    let attrs = w
+        .probe
+        .wait_for(&w.topic("alarm/attributes"), |m| {
+            m.json()["action"] == "arm_away"
+        })
+        .json();
+    assert_eq!(attrs["user"], "Alice");
+    assert_eq!(attrs["source"], "keypad:front");
+    assert_eq!(attrs["target_state"], "armed_away");
+    assert!(attrs["user_id"].as_str().unwrap().starts_with("u_"));
+    let event = w.wait_event("armed_away");
+    assert_eq!(event["user"], "Alice");
+    assert_eq!(event["source"], "keypad:front");
+
+    // No action: toggle, which disarms an armed alarm.
+    let reply = w.json_keypad(json!({"code": "1234"}));
+    assert_eq!(reply, json!({"result": "accepted", "state": "disarmed"}));
+    w.wait_state("disarmed");
+    let last = w.probe.wait_for(&w.topic("alarm/last_user"), |_| true);
+    assert_eq!(last.text(), "Alice");
+    assert!(
+        last.retain
+            || w.probe
+                .all()
+                .iter()
+                .any(|m| m.topic == w.topic("alarm/last_user"))
+    );
+    let event = w.wait_event("disarmed");
+    assert_eq!(event["user"], "Alice");
+}
+
+#[test]
+fn a_wrong_code_gets_invalid_code_and_changes_nothing() {
+    let w = World::start(|_| {});
+    w.wait_state("disarmed");
+    let reply = w.json_keypad(json!({"code": "9999", "action": "arm_away"}));
+    assert_eq!(
+        reply,
+        json!({"result": "invalid_code", "state": "disarmed"})
+    );
+    let event = w.wait_event("invalid_code");
+    assert_eq!(event["source"], "keypad:front");
+    assert!(event.get("user").is_none());
+    w.probe
+        .assert_silent(&w.topic("alarm/state"), Duration::from_millis(300));
+}
+
+#[test]
+fn a_plain_keypad_toggles_with_the_bare_code() {
+    let w = World::start(|_| {});
+    w.wait_state("disarmed");
+    w.probe.publish(&w.site.plain_topic(), "1234", false);
+    let reply = w.probe.next(&w.topic("keypad/back/result")).json();
+    assert_eq!(reply, json!({"result": "accepted", "state": "armed_away"}));
+    w.wait_state("armed_away");
+    w.probe.publish(&w.site.plain_topic(), "1234", false);
+    let reply = w.probe.next(&w.topic("keypad/back/result")).json();
+    assert_eq!(reply["state"], "disarmed");
+    w.probe.publish(&w.site.plain_topic(), "0000", false);
+    let reply = w.probe.next(&w.topic("keypad/back/result")).json();
+    assert_eq!(reply["result"], "invalid_code");
+}
+
+#[test]
+fn status_is_retained_online_and_offline_after_sigterm_and_after_a_crash() {
+    let mut w = World::start(|_| {});
+    // A new subscriber gets the retained status, state and attributes.
+    let late = Probe::connect(w.broker.port, &[&w.topic("status"), &w.topic("alarm/#")]);
+    let status = late.next(&w.topic("status"));
+    assert!(status.retain);
+    assert_eq!(status.text(), "online");
+    let state = late.next(&w.topic("alarm/state"));
+    assert!(state.retain);
+    assert_eq!(state.text(), "disarmed");
+
+    assert!(w.daemon.stop(), "SIGTERM should end the daemon cleanly");
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "offline");
+
+    // A crash: the broker publishes the last will.
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    w.daemon.kill();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "offline");
+    let late = Probe::connect(w.broker.port, &[&w.topic("status")]);
+    assert_eq!(late.next(&w.topic("status")).text(), "offline");
+}
+
+#[test]
+fn sigint_also_publishes_offline() {
+    let mut w = World::start(|_| {});
+    assert!(w.daemon.signal_and_wait(libc::SIGINT));
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "offline");
+}
+
+#[test]
+fn after_the_broker_restarts_the_daemon_subscribes_again() {
+    let mut w = World::start(|_| {});
+    w.broker.restart();
+    // The probe reconnects by itself but loses its subscription: use a new one.
+    let probe = Probe::connect(w.broker.port, &["#"]);
+    probe.wait_for(&w.topic("status"), |m| m.text() == "online");
+    probe.publish_json(
+        &w.site.json_topic(),
+        &json!({"code": "1234", "action": "arm_home"}),
+    );
+    let reply = probe.next(&w.topic("keypad/front/result")).json();
+    assert_eq!(reply["result"], "accepted");
+    assert_eq!(reply["state"], "armed_home");
+}
+
+#[test]
+fn a_retained_keypad_message_is_never_applied() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    let probe = Probe::connect(broker.port, &["#"]);
+    // Typed while the daemon was down, and left retained on the broker.
+    probe.publish(
+        &site.json_topic(),
+        json!({"code": "1234", "action": "arm_away"}).to_string(),
+        true,
+    );
+    let _daemon = site.start();
+    probe.wait_for(&site.topic("status"), |m| m.text() == "online");
+    probe.wait_for(&site.topic("alarm/state"), |m| m.text() == "disarmed");
+    probe.assert_silent(
+        &site.topic("keypad/front/result"),
+        Duration::from_millis(500),
+    );
+    probe.assert_silent(&site.topic("alarm/state"), Duration::from_millis(100));
+    probe.publish(&site.json_topic(), Vec::new(), true);
+}
+
+#[test]
+fn every_entry_is_in_the_activity_log_shown_by_the_cli() {
+    let mut w = World::start(|_| {});
+    w.json_keypad(json!({"code": "1234", "action": "arm_night"}));
+    w.json_keypad(json!({"code": "5555", "action": "disarm"}));
+    w.json_keypad(json!({"code": "1234", "action": "disarm"}));
+    w.wait_event("disarmed");
+    // The offline CLI refuses while the daemon holds the store...
+    let (ok, _, err) = w.site.cli(&["activity"], "");
+    assert!(!ok);
+    assert!(err.contains("in use by another process"), "{err}");
+    // ...and works once it is stopped.
+    assert!(w.daemon.stop());
+    let (ok, out, err) = w.site.cli(&["activity", "--limit", "10"], "");
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("disarmed") && lines[0].contains("user=Alice"),
+        "{out}"
+    );
+    assert!(
+        out.contains("invalid_code") && out.contains("source=keypad:front"),
+        "{out}"
+    );
+    assert!(out.contains("armed_night"), "{out}");
+    assert!(
+        out.contains("user_added") && out.contains("source=cli"),
+        "{out}"
+    );
+    let (ok, out, _) = w.site.cli(&["activity", "--limit", "1"], "");
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1);
+}
