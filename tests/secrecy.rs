@@ -1,0 +1,195 @@
+//! Proof that codes stay secret (issue 2, point 8): a whole session at `trace` level, then a
+//! search for every code used in the log, in every message the daemon published, in what the
+//! broker still retains, and in every byte of the store directory.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Eight digits (codes.max_length is raised to 8 here) so that no timestamp, id or hash can
+/// contain one by chance.
+const MASTER: &str = "27182818";
+const BOB: &str = "31415926";
+const BOB_NEW: &str = "05772156";
+const CLEO: &str = "16180339";
+const WRONG: &str = "14142135";
+const ALL: [&str; 5] = [MASTER, BOB, BOB_NEW, CLEO, WRONG];
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+fn files_below(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_below(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_code_appears_in_logs_messages_retained_topics_or_store_files() {
+    let broker = Broker::start();
+    let mut site = Site::new(broker.port);
+    site.set("codes.max_length", json!(8));
+    site.init("Alice", MASTER);
+    let probe = Probe::connect(broker.port, &["#"]);
+    let mut daemon = DaemonProcess::start(&site, "trace");
+    let t = |rest: &str| site.topic(rest);
+    probe.wait_for(&t("status"), |m| m.text() == "online");
+
+    let command = |payload: serde_json::Value, retain: bool| {
+        let id = payload["id"].as_str().unwrap().to_owned();
+        probe.publish(&t("config/set"), payload.to_string(), retain);
+        probe
+            .wait_for(&t("config/result"), |m| m.json()["id"] == id.as_str())
+            .json()
+    };
+    let r = command(
+        json!({"id": "s1", "auth": MASTER, "command": "add_user", "name": "Bob", "code": BOB, "notify": "mobile_app_bob"}),
+        true,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = command(
+        json!({"id": "s2", "auth": MASTER, "command": "add_user", "name": "Cleo", "role": "duress", "code": CLEO}),
+        false,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = command(
+        json!({"id": "s3", "auth": MASTER, "command": "set_code", "user": "Bob", "code": BOB_NEW}),
+        true,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = command(
+        json!({"id": "s4", "auth": WRONG, "command": "list_users"}),
+        false,
+    );
+    assert_eq!(r["ok"], false);
+    let r = command(
+        json!({"id": "s5", "auth": MASTER, "command": "add_user", "name": "Dup", "code": BOB_NEW}),
+        false,
+    );
+    assert_eq!(r["error"]["kind"], "duplicate_code");
+    let r = command(
+        json!({"id": "s6", "auth": MASTER, "command": "activity", "limit": 1000}),
+        false,
+    );
+    assert_eq!(r["ok"], true);
+
+    // Keypad entries of every protocol, right and wrong.
+    probe.publish(
+        &site.json_topic(),
+        json!({"code": BOB_NEW, "action": "arm_away"}).to_string(),
+        false,
+    );
+    probe.wait_for(&t("keypad/front/result"), |m| {
+        m.json()["result"] == "accepted"
+    });
+    probe.publish(&site.plain_topic(), WRONG, false);
+    probe.wait_for(&t("keypad/back/result"), |m| {
+        m.json()["result"] == "invalid_code"
+    });
+    probe.publish(
+        &site.z2m_topic(),
+        json!({"action": "disarm", "action_code": CLEO, "action_transaction": 7, "battery": 90})
+            .to_string(),
+        false,
+    );
+    probe.wait_for(&format!("{}/set", site.z2m_topic()), |m| {
+        m.text().contains("\"transaction\":7")
+    });
+    probe.publish(
+        &t("alarm/set"),
+        json!({"action": "ARM_HOME", "code": MASTER}).to_string(),
+        false,
+    );
+    probe.wait_for(&t("alarm/state"), |m| m.text() == "armed_home");
+    probe.publish(
+        &t("alarm/set"),
+        json!({"action": "DISARM", "code": BOB}).to_string(),
+        false,
+    );
+    probe.wait_for(&t("event"), |m| {
+        m.json()["event_type"] == "invalid_code" && m.json()["source"] == "homeassistant"
+    });
+    probe.publish(
+        &t("alarm/set"),
+        json!({"action": "DISARM", "code": MASTER}).to_string(),
+        false,
+    );
+    probe.wait_for(&t("alarm/state"), |m| m.text() == "disarmed");
+    assert!(daemon.stop());
+
+    let log = daemon.log_text();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log should be verbose:\n{log}"
+    );
+    let inputs = [
+        t("config/set"),
+        site.json_topic(),
+        site.plain_topic(),
+        site.z2m_topic(),
+        t("alarm/set"),
+    ];
+    let published: Vec<Msg> = probe
+        .all()
+        .into_iter()
+        .filter(|m| !inputs.contains(&m.topic))
+        .collect();
+    assert!(
+        published.len() > 20,
+        "the session published {} messages",
+        published.len()
+    );
+    let retained = Probe::connect(broker.port, &["#"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let retained = retained.all();
+    assert!(retained.iter().any(|m| m.topic == t("alarm/state")));
+    let mut files = Vec::new();
+    files_below(&site.store_dir(), &mut files);
+    assert!(files.len() >= 3, "{files:?}");
+
+    for code in ALL {
+        assert!(!log.contains(code), "code {code} appears in the log");
+        for m in &published {
+            assert!(
+                !contains(&m.payload, code),
+                "code {code} in a message on {}: {}",
+                m.topic,
+                m.text()
+            );
+        }
+        for m in &retained {
+            assert!(
+                !contains(&m.payload, code),
+                "code {code} retained on {}: {}",
+                m.topic,
+                m.text()
+            );
+        }
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            assert!(
+                !contains(&bytes, code),
+                "code {code} in the store file {}",
+                file.display()
+            );
+        }
+    }
+    // The store holds the people, so the search above looked at real data.
+    let db_bytes: Vec<u8> = files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
+    assert!(contains(&db_bytes, "Bob") && contains(&db_bytes, "Cleo"));
+}

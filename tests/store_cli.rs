@@ -1,0 +1,271 @@
+//! The store, the secret and the CLI (issue 2, points 3 to 5).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+use keypad_bridge::codes::LookupKey;
+use keypad_bridge::store::{Change, Create, Store};
+use keypad_bridge::users::{Role, User};
+use serde_json::json;
+
+fn wait_exit(daemon: &mut DaemonProcess) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = daemon.exited() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the daemon should have refused to start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn init_creates_a_private_secret_and_refuses_a_second_master() {
+    let site = Site::new(1);
+    site.init("Alice", "1234");
+    let mode = std::fs::metadata(site.store_dir().join("secret"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read(site.store_dir().join("secret"))
+            .unwrap()
+            .len(),
+        32
+    );
+    let (ok, _, err) = site.cli(&["init", "--name", "Eve"], "5678\n");
+    assert!(!ok);
+    assert!(err.contains("a master already exists"), "{err}");
+    let (ok, out, _) = site.cli(&["users"], "");
+    assert!(ok);
+    assert!(
+        out.contains("Alice") && out.contains("master") && !out.contains("Eve"),
+        "{out}"
+    );
+    assert!(!out.contains("1234"));
+}
+
+#[test]
+fn init_refuses_a_malformed_code_in_plain_words() {
+    let site = Site::new(1);
+    for bad in ["12", "12 34", "abcd", "1234567"] {
+        let (ok, _, err) = site.cli(&["init"], &format!("{bad}\n"));
+        assert!(!ok, "{bad}");
+        assert!(err.contains("that code cannot be used"), "{err}");
+    }
+    let (ok, out, _) = site.cli(&["users"], "");
+    assert!(ok);
+    assert!(out.contains("no users yet"), "{out}");
+}
+
+#[test]
+fn offline_commands_on_a_missing_store_say_how_to_create_it() {
+    let site = Site::new(1);
+    for cmd in [&["users"][..], &["activity"][..], &["reset-master"][..]] {
+        let (ok, _, err) = site.cli(cmd, "1234\n");
+        assert!(!ok);
+        assert!(err.contains("keypad-bridge init"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_or_foreign_secret_is_refused_never_replaced() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    let secret = site.store_dir().join("secret");
+    let original = std::fs::read(&secret).unwrap();
+
+    std::fs::remove_file(&secret).unwrap();
+    let mut daemon = site.start();
+    assert!(!wait_exit(&mut daemon).success());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("is missing") && log.contains("backup"),
+        "{log}"
+    );
+    assert!(
+        !secret.exists(),
+        "the daemon must not create a new secret for an existing store"
+    );
+
+    std::fs::write(&secret, [7u8; 32]).unwrap();
+    let mut daemon = site.start();
+    assert!(!wait_exit(&mut daemon).success());
+    assert!(
+        daemon.log_text().contains("does not belong"),
+        "{}",
+        daemon.log_text()
+    );
+    let (ok, _, err) = site.cli(&["users"], "");
+    assert!(!ok && err.contains("does not belong"), "{err}");
+
+    std::fs::write(&secret, &original).unwrap();
+    let probe = Probe::connect(broker.port, &["#"]);
+    let _daemon = site.start();
+    probe.wait_for(&site.topic("status"), |m| m.text() == "online");
+    probe.publish(
+        &site.json_topic(),
+        json!({"code": "1234"}).to_string(),
+        false,
+    );
+    let reply = probe.next(&site.topic("keypad/front/result")).json();
+    assert_eq!(reply["result"], "accepted");
+}
+
+#[test]
+fn a_damaged_alarm_state_file_stops_the_daemon_instead_of_coming_up_disarmed() {
+    let mut w = World::start(|_| {});
+    w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
+    assert!(w.daemon.stop());
+    let state_file = w.site.store_dir().join("db.alarm.json");
+    assert!(std::fs::read_to_string(&state_file)
+        .unwrap()
+        .contains("armed_away"));
+    std::fs::write(&state_file, b"{\"state\": \"arm").unwrap();
+    let mut daemon = w.site.start();
+    assert!(!wait_exit(&mut daemon).success());
+    assert!(
+        daemon.log_text().contains("alarm state file"),
+        "{}",
+        daemon.log_text()
+    );
+    std::fs::remove_file(&state_file).unwrap();
+    let mut daemon = w.site.start();
+    assert!(!wait_exit(&mut daemon).success());
+    assert!(
+        daemon.log_text().contains("missing"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn reset_master_gives_the_master_a_new_code() {
+    let mut w = World::start(|_| {});
+    assert!(w.daemon.stop());
+    let (ok, _, err) = w.site.cli(&["reset-master"], "7531\n");
+    assert!(ok, "{err}");
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234"}))["result"],
+        "invalid_code"
+    );
+    assert_eq!(w.json_keypad(json!({"code": "7531"}))["result"], "accepted");
+}
+
+#[test]
+fn check_config_lists_every_problem_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "mqtt:\n  hots: localhost\n  port: abc\nlockout:\n  max_failures: 4\n  window: 600\nkeypads:\n  - name: Hall Keypad\n    protocol: zigbee2mqtt\n    topic: zigbee2mqtt/hall\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("line 2, column 3") && text.contains("hots"),
+        "{text}"
+    );
+    assert!(text.contains("line 3") && text.contains("port"), "{text}");
+    assert!(
+        text.contains("line 6, column 3") && text.contains("window"),
+        "{text}"
+    );
+    assert!(text.contains("line 8") && text.contains("name"), "{text}");
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+        .args(["--config", example, "check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The lookup runs in-process so that the test can read the Argon2 counter.
+#[test]
+fn a_code_check_costs_one_argon2_computation_whatever_the_number_of_users() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    let config = keypad_bridge::config::load(&site.config_path()).unwrap();
+    let store = Store::open(&config, Create::Refused).unwrap();
+    // Two hundred more users, each with a code.
+    let now = jiff::Timestamp::now();
+    let mut change = Change::default();
+    for i in 0..200u32 {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        let id = format!("u_t{i:05}");
+        change.put_codes.push((LookupKey(key), id.clone()));
+        change.put_users.push(User {
+            id,
+            name: format!("Person {i}"),
+            role: Role::User,
+            active: true,
+            code_key: Some(LookupKey(key).to_hex()),
+            notify: None,
+            valid_from: None,
+            valid_until: None,
+            schedule: None,
+            max_uses: None,
+            uses: 0,
+            created_at: now,
+            updated_at: now,
+        });
+    }
+    store.commit(change).unwrap();
+    let keyer = store.keyer().clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = runtime.spawn(keypad_bridge::daemon::run_with_store(
+        config,
+        store,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let probe = Probe::connect(broker.port, &["#"]);
+    probe.wait_for(&site.topic("status"), |m| m.text() == "online");
+    let before = keyer.computations();
+    for (code, result) in [
+        ("9999", "invalid_code"),
+        ("1234", "accepted"),
+        ("4321", "invalid_code"),
+    ] {
+        probe.publish(&site.json_topic(), json!({"code": code}).to_string(), false);
+        let reply = probe.next(&site.topic("keypad/front/result")).json();
+        assert_eq!(reply["result"], result);
+    }
+    assert_eq!(
+        keyer.computations() - before,
+        3,
+        "one computation per attempt"
+    );
+    // A malformed code is refused before hashing.
+    probe.publish(&site.json_topic(), json!({"code": "12"}).to_string(), false);
+    probe.next(&site.topic("keypad/front/result"));
+    assert_eq!(keyer.computations() - before, 3);
+    stop.send(()).unwrap();
+    runtime.block_on(daemon).unwrap().unwrap();
+    probe.wait_for(&site.topic("status"), |m| m.text() == "offline");
+}
