@@ -370,6 +370,12 @@ impl Daemon {
                 _ => Command::Disarm,
             },
         };
+        // A toggle is recorded as what it did.
+        let request = match command {
+            Command::Disarm => Request::Keypad(KeypadAction::Disarm),
+            Command::Arm(mode) => Request::Keypad(KeypadAction::Arm(mode)),
+            Command::Trigger | Command::Panic => request,
+        };
         if let Command::Arm(mode) = command {
             if !self.config.alarm.modes.contains(&mode) {
                 tracing::warn!(

@@ -610,3 +610,46 @@ impl World {
             .json()
     }
 }
+
+/// The exact bytes of a fixture under `tests/fixtures/`.
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+impl World {
+    /// Adds a user through the config topic with the master's code; returns the roster entry.
+    pub fn add_user(&self, name: &str, role: &str, code: &str) -> Value {
+        let id = format!("add-{name}-{}", rand_suffix());
+        let r = self.command(json!({"id": id, "auth": "1234", "command": "add_user",
+                                    "name": name, "role": role, "code": code}));
+        assert_eq!(r["ok"], true, "{r}");
+        r["user"].clone()
+    }
+
+    /// Publishes a Zigbee2MQTT fixture on the hall keypad's topic.
+    pub fn hall(&self, fixture_name: &str) {
+        let payload = fixture(&format!("zigbee2mqtt/{fixture_name}.json"));
+        self.probe.publish(&self.site.z2m_topic(), payload, false);
+    }
+
+    /// The next reply with a transaction on the hall keypad's `/set` topic.
+    pub fn hall_reply(&self) -> Value {
+        let topic = format!("{}/set", self.site.z2m_topic());
+        self.probe
+            .wait_for(&topic, |m| {
+                m.json()["arm_mode"].get("transaction").is_some()
+            })
+            .json()
+    }
+
+    /// The next panel status (no transaction) on the hall keypad's `/set` topic.
+    pub fn hall_status(&self) -> Value {
+        let topic = format!("{}/set", self.site.z2m_topic());
+        self.probe
+            .wait_for(&topic, |m| {
+                m.json()["arm_mode"].get("transaction").is_none()
+            })
+            .json()
+    }
+}
