@@ -81,12 +81,22 @@ impl From<StoreError> for CommandError {
 }
 
 /// A command as received: its `id`, `auth` and the rest of its fields, not yet validated.
-#[derive(Clone, Debug)]
+/// `Debug` leaves out the fields and `auth`: they may hold codes.
+#[derive(Clone)]
 pub struct Request {
     pub id: String,
     pub command: String,
     pub auth: Option<TypedCode>,
     fields: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {
@@ -347,6 +357,11 @@ fn add_user(
         if rules.any_set() {
             return Err(CommandError::InvalidField(
                 "the master's code cannot have validity rules".into(),
+            ));
+        }
+        if code.is_none() {
+            return Err(CommandError::MissingField(
+                "the master needs a `code`: it is the main code".into(),
             ));
         }
     }

@@ -60,6 +60,13 @@ pub fn init(
             master.name
         );
     }
+    if store
+        .users()?
+        .iter()
+        .any(|u| crate::users::names_equal(&u.name, name))
+    {
+        bail!("another user is already called {name:?}; choose another --name");
+    }
     let code = parse_code(config, &read()?)?;
     let key = store.keyer().key(&code);
     if store.code_taken(&key)? {

@@ -28,7 +28,7 @@ impl fmt::Debug for Code {
 pub enum CodeFormatError {
     #[error("a code is made of the ASCII digits 0-9 only (no spaces, signs or other digits)")]
     NotDigits,
-    #[error("a code has {min} to {max} digits; this one has {len}")]
+    #[error("a code has {min} to {max} digits")]
     Length { len: usize, min: usize, max: usize },
 }
 

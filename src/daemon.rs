@@ -54,6 +54,18 @@ struct Saved {
     alarm: Alarm,
     attributes: Attributes,
     last_user: Option<String>,
+    /// The `notify` of the person named in `attributes`, for the events of timed transitions.
+    #[serde(default)]
+    notify: Option<String>,
+}
+
+/// Why a typed code identified nobody, other than being wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Not a code by the format rules: no hashing was done.
+    Malformed,
+    /// The store failed: not the person's fault.
+    Internal,
 }
 
 /// What a person (or Home Assistant) asked the alarm to do.
@@ -98,8 +110,9 @@ pub async fn run_with_store(
         alarm: Alarm::new(now),
         attributes: Attributes::default(),
         last_user: None,
+        notify: None,
     });
-    let (publisher, mut rx, task) = mqtt::connect(&config, &topics.status)?;
+    let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status)?;
     let a = &config.alarm;
     let timings = Timings::new(
         |mode| a.exit_delay_s.get(mode),
@@ -128,6 +141,8 @@ pub async fn run_with_store(
         alarm: saved.alarm,
         attributes: saved.attributes,
         last_user: saved.last_user,
+        notify: saved.notify,
+        subscriptions: Vec::new(),
         timings,
         lockouts,
         tz,
@@ -145,23 +160,29 @@ pub async fn run_with_store(
         let deadline = daemon.alarm.next_deadline();
         let sleep = async move {
             match deadline {
-                Some(at) => tokio::time::sleep(until(at)).await,
+                // At most a second at a time: the wall clock may be stepped (a Pi without
+                // a real-time clock, then NTP), and deadlines are wall-clock times.
+                Some(at) => tokio::time::sleep(until(at).min(Duration::from_secs(1))).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            event = rx.recv() => match event {
+            event = inbox.control.recv() => match event {
                 Some(event) => daemon.on_mqtt(event).await,
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
             () = sleep => daemon.on_deadline(Timestamp::now()).await,
+            event = inbox.messages.recv() => match event {
+                Some(event) => daemon.on_mqtt(event).await,
+                None => anyhow::bail!("the MQTT connection task stopped"),
+            },
         }
     }
 
     tracing::info!("shutting down");
-    drop(rx);
+    // The inbox stays open until the connection task has sent `offline` and DISCONNECT.
     publisher
         .publish(&daemon.topics.status, "offline", true)
         .await;
@@ -172,6 +193,7 @@ pub async fn run_with_store(
     {
         tracing::warn!("the MQTT connection did not close within 5 s");
     }
+    drop(inbox);
     daemon.store.make_durable()?;
     Ok(())
 }
@@ -193,6 +215,9 @@ struct Daemon {
     alarm: Alarm,
     attributes: Attributes,
     last_user: Option<String>,
+    notify: Option<String>,
+    /// The filters of the last subscription request, to name any the broker refuses.
+    subscriptions: Vec<String>,
     timings: Timings,
     lockouts: Lockouts,
     tz: TimeZone,
@@ -208,9 +233,17 @@ struct Daemon {
 
 impl Daemon {
     async fn on_mqtt(&mut self, event: MqttEvent) {
+        // A deadline that has passed is applied before anything else is decided.
+        self.on_deadline(Timestamp::now()).await;
         match event {
             MqttEvent::Connected => self.subscribe().await,
-            MqttEvent::Subscribed => self.announce().await,
+            MqttEvent::Subscribed { refused } => {
+                for i in refused {
+                    let topic = self.subscriptions.get(i).map_or("?", String::as_str);
+                    tracing::error!(topic, "the broker refused the subscription (check its ACL): messages on it will not be seen");
+                }
+                self.announce().await
+            }
             MqttEvent::Message {
                 topic,
                 payload,
@@ -233,6 +266,7 @@ impl Daemon {
         }
         topics.extend(self.config.keypads.iter().map(|k| k.topic.clone()));
         self.publisher.subscribe(&topics).await;
+        self.subscriptions = topics;
     }
 
     /// After the subscriptions are acknowledged: `online`, discovery, the retained state.
@@ -241,7 +275,7 @@ impl Daemon {
             .push((self.topics.status.clone(), b"online".to_vec(), true));
         self.queue_discovery();
         self.queue_state();
-        self.queue_roster();
+        self.queue_roster().await;
         if !self.announced {
             self.queue_panel_status();
             self.announced = true;
@@ -261,6 +295,10 @@ impl Daemon {
 
     async fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
         if topic == self.topics.alarm_set {
+            if retain {
+                tracing::warn!("ignoring a retained command on {topic}: commands are live exchanges (and a retained code stays on the broker)");
+                return;
+            }
             self.on_alarm_set(payload).await;
         } else if topic == self.topics.config_set {
             self.on_config_set(payload).await;
@@ -386,20 +424,27 @@ impl Daemon {
                 return Answer::NotReady;
             }
         }
-        let Some(code) = code else {
-            if matches!(command, Command::Arm(_)) && !self.config.alarm.code_arm_required {
-                return self.change(command, None, source, request, now).await;
-            }
-            return self.refuse(source, now, None, "no_code").await;
-        };
+        if code.is_none()
+            && matches!(command, Command::Arm(_))
+            && !self.config.alarm.code_arm_required
+        {
+            return self.change(command, None, source, request, now).await;
+        }
         if let Err(locked) = self.lockouts.check(source, now) {
             tracing::info!(source, until = %locked.until, "refused without checking: locked out");
             return Answer::LockedOut;
         }
+        let Some(code) = code else {
+            return self.refuse(source, now, None, "no_code").await;
+        };
         let user = match self.identify(&code).await {
             Ok(Some(user)) => user,
             Ok(None) => return self.refuse(source, now, None, "wrong_code").await,
-            Err(why) => return self.refuse(source, now, None, why).await,
+            Err(Lookup::Malformed) => {
+                return self.refuse(source, now, None, "malformed_code").await
+            }
+            // Not the person's fault: refused, but not counted toward the lockout.
+            Err(Lookup::Internal) => return Answer::InvalidCode,
         };
         let what = match command {
             Command::Disarm => Use::Disarm,
@@ -415,19 +460,18 @@ impl Daemon {
     }
 
     /// One Argon2id computation (off the runtime) and one lookup.
-    async fn identify(&self, code: &TypedCode) -> Result<Option<User>, &'static str> {
+    async fn identify(&self, code: &TypedCode) -> Result<Option<User>, Lookup> {
         let c = &self.config.codes;
         let code = code
             .parse(c.min_length, c.max_length)
-            .map_err(|_| "malformed_code")?;
+            .map_err(|_| Lookup::Malformed)?;
         let keyer = self.keyer.clone();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.user_by_key(&keyer.key(&code)))
+        blocking(move || store.user_by_key(&keyer.key(&code)))
             .await
-            .map_err(|_| "internal")?
             .map_err(|e| {
                 tracing::error!("cannot look up a code: {e}");
-                "internal"
+                Lookup::Internal
             })
     }
 
@@ -464,18 +508,22 @@ impl Daemon {
                 );
             }
         }
-        if let Some(locked) = self.lockouts.record_failure(source, now) {
-            tracing::warn!(source, until = %locked.until, "locked out after repeated wrong codes");
-            let mut event = Event::new(EventType::Lockout, now).source(source);
-            event.until = Some(locked.until);
-            events.push(event);
-        }
+        events.extend(self.count_failure(source, now));
         self.record(Change {
             events,
             ..Change::default()
         })
         .await;
         Answer::InvalidCode
+    }
+
+    /// One more failure for `source`; the `lockout` event when it starts a lockout.
+    fn count_failure(&mut self, source: &str, now: Timestamp) -> Option<Event> {
+        let locked = self.lockouts.record_failure(source, now)?;
+        tracing::warn!(source, until = %locked.until, "locked out after repeated wrong codes");
+        let mut event = Event::new(EventType::Lockout, now).source(source);
+        event.until = Some(locked.until);
+        Some(event)
     }
 
     /// Applies an accepted command to the alarm, durably, and queues what to publish.
@@ -487,25 +535,35 @@ impl Daemon {
         request: Request,
         now: Timestamp,
     ) -> Answer {
-        let before = self.alarm.clone();
+        let before = (
+            self.alarm.clone(),
+            self.attributes.clone(),
+            self.last_user.clone(),
+            self.notify.clone(),
+        );
         let outcome = self.alarm.handle(command, now, &self.timings);
         let mut change = Change::default();
-        if let (Some(user), Outcome::Changed(_)) = (&user, &outcome) {
-            if user.role == Role::Duress {
-                // Silent: only the event says so; state and attributes look like any disarm.
-                change.events.push(
-                    Event::new(EventType::Duress, now)
-                        .source(source)
-                        .about(user),
-                );
-            }
-        }
         let answer = match outcome {
             Outcome::Changed(transitions) => {
                 if command == Command::Panic {
                     let panic = Event::new(EventType::Panic, now).source(source);
                     change.events.push(panic);
                 }
+                if let Some(user) = &user {
+                    if user.role == Role::Duress && command == Command::Disarm {
+                        // Silent: only this event tells; state, attributes and the keypad's
+                        // reply are those of any disarm.
+                        let duress = Event::new(EventType::Duress, now)
+                            .source(source)
+                            .about(user);
+                        change.events.push(duress);
+                    }
+                    self.last_user = Some(user.name.clone());
+                    let mut used = user.clone();
+                    used.uses += 1;
+                    change.put_users.push(used);
+                }
+                self.notify = user.as_ref().and_then(|u| u.notify.clone());
                 self.attributes = Attributes {
                     user: user.as_ref().map(|u| u.name.clone()),
                     user_id: user.as_ref().map(|u| u.id.clone()),
@@ -515,16 +573,11 @@ impl Daemon {
                     target_state: Some(self.target_state().as_str().to_owned()),
                     delay_s: self.alarm.seconds_left(now).unwrap_or(0),
                 };
-                if let Some(user) = &user {
-                    self.last_user = Some(user.name.clone());
-                    let mut used = user.clone();
-                    used.uses += 1;
-                    change.put_users.push(used);
-                }
-                let events = self.transition_events(&transitions);
-                change.events.extend(events);
-                if !self.save_state().await {
-                    self.alarm = before;
+                change.events.extend(self.transition_events(&transitions));
+                // On disk first (DESIGN 2b); if that fails, nothing happened.
+                if !self.save_state().await || !self.record(change).await {
+                    (self.alarm, self.attributes, self.last_user, self.notify) = before;
+                    self.save_state().await;
                     return Answer::NotReady;
                 }
                 self.queue_state();
@@ -539,28 +592,23 @@ impl Daemon {
                     .source(source)
                     .reason(self.alarm.state.as_str());
                 change.events.push(event);
+                self.record(change).await;
                 Answer::Accepted
             }
         };
-        if let Some(user) = &user {
-            tracing::info!(
+        let state = self.alarm.state.as_str();
+        let answer_word = answer.as_str();
+        match &user {
+            Some(user) => tracing::info!(
                 source,
                 user = user.name,
-                answer = answer.as_str(),
-                state = self.alarm.state.as_str(),
+                answer = answer_word,
+                state,
                 "{}",
                 request.word()
-            );
-        } else {
-            tracing::info!(
-                source,
-                answer = answer.as_str(),
-                state = self.alarm.state.as_str(),
-                "{}",
-                request.word()
-            );
+            ),
+            None => tracing::info!(source, answer = answer_word, state, "{}", request.word()),
         }
-        self.record(change).await;
         answer
     }
 
@@ -579,7 +627,12 @@ impl Daemon {
             return;
         }
         let events = self.transition_events(&transitions);
-        self.save_state().await;
+        // Time has passed whatever the disk says: a siren must not wait for a failing SD
+        // card. The state is published even if saving it failed (the error is logged), so
+        // Home Assistant still sees the alarm.
+        if !self.save_state().await {
+            self.save_state().await;
+        }
         self.record(Change {
             events,
             ..Change::default()
@@ -608,6 +661,7 @@ impl Daemon {
                 event.user = self.attributes.user.clone();
                 event.user_id = self.attributes.user_id.clone();
                 event.source = self.attributes.source.clone();
+                event.notify = self.notify.clone();
                 if let Some(delay) = t.delay_s {
                     event.delay_s = Some(delay);
                     event.target_state = Some(match t.to {
@@ -626,26 +680,25 @@ impl Daemon {
             alarm: self.alarm.clone(),
             attributes: self.attributes.clone(),
             last_user: self.last_user.clone(),
+            notify: self.notify.clone(),
         };
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.save_alarm(&saved)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!("cannot save the alarm state: {e}");
-                false
-            }
+        match blocking(move || store.save_alarm(&saved)).await {
+            Ok(()) => true,
             Err(e) => {
-                tracing::error!("saving the alarm state failed: {e}");
+                tracing::error!("cannot save the alarm state: {e}");
                 false
             }
         }
     }
 
-    /// Commits a change and queues its events.
-    async fn record(&mut self, change: Change) {
+    /// Commits a change durably, then queues its events (and the roster, when a user
+    /// changed). False when the store refused it: nothing may be acknowledged then.
+    async fn record(&mut self, change: Change) -> bool {
         if change.events.is_empty() && change.put_users.is_empty() {
-            return;
+            return true;
         }
+        let users_changed = !change.put_users.is_empty();
         let store = self.store.clone();
         match blocking(move || store.commit(change)).await {
             Ok(events) => {
@@ -653,8 +706,15 @@ impl Daemon {
                     let topic = self.topics.event.clone();
                     self.push(topic, event.to_json(), false);
                 }
+                if users_changed {
+                    self.queue_roster().await;
+                }
+                true
             }
-            Err(e) => tracing::error!("cannot record events in the store: {e}"),
+            Err(e) => {
+                tracing::error!("cannot record a change in the store: {e}");
+                false
+            }
         }
     }
 
@@ -692,8 +752,9 @@ impl Daemon {
         }
     }
 
-    fn queue_roster(&mut self) {
-        match self.store.users() {
+    async fn queue_roster(&mut self) {
+        let store = self.store.clone();
+        match blocking(move || store.users()).await {
             Ok(users) => {
                 let roster: Vec<_> = users.iter().map(User::roster_entry).collect();
                 let payload = json!({ "users": roster }).to_string();
@@ -721,7 +782,9 @@ impl Daemon {
                 return admin::failure(&partial, &error);
             }
         };
-        match self.store.applied(&request.id) {
+        let store = self.store.clone();
+        let id = request.id.clone();
+        match blocking(move || store.applied(&id)).await {
             Ok(Some(mut result)) => {
                 tracing::info!(
                     id = request.id,
@@ -742,6 +805,16 @@ impl Daemon {
         match outcome {
             Ok(result) => result,
             Err(error) => {
+                if let CommandError::DuplicateCode(_) = error {
+                    // Each answer says whether a code exists: count it like a wrong code,
+                    // or the admin channel would be an unlimited code-guessing oracle.
+                    let lockout = self.count_failure(admin::SOURCE, Timestamp::now());
+                    self.record(Change {
+                        events: lockout.into_iter().collect(),
+                        ..Change::default()
+                    })
+                    .await;
+                }
                 tracing::info!(
                     id = request.id,
                     command = request.command,
@@ -760,7 +833,8 @@ impl Daemon {
             if self.config.admin.trust_broker {
                 return Ok(Authority::Broker);
             }
-            if request.is_master_bootstrap() && self.store.master()?.is_none() {
+            let store = self.store.clone();
+            if request.is_master_bootstrap() && blocking(move || store.master()).await?.is_none() {
                 return Ok(Authority::Bootstrap);
             }
             return Err(CommandError::Unauthorized(
@@ -781,7 +855,12 @@ impl Daemon {
                 }
                 Err(reason) => Some((user, reason.as_str())),
             },
-            Ok(None) | Err(_) => None,
+            Ok(None) | Err(Lookup::Malformed) => None,
+            Err(Lookup::Internal) => {
+                return Err(CommandError::Internal(
+                    "the code could not be checked; see the daemon's log".into(),
+                ))
+            }
         };
         let answer = match &refused {
             Some((user, reason)) => {
@@ -831,7 +910,7 @@ impl Daemon {
         for event in events {
             self.push(self.topics.event.clone(), event.to_json(), false);
         }
-        self.queue_roster();
+        self.queue_roster().await;
         Ok(applied.result)
     }
 }
@@ -876,9 +955,11 @@ fn parse_alarm_set(payload: &[u8]) -> Result<(Request, Option<TypedCode>), Strin
         "DISARM" => Request::Keypad(KeypadAction::Disarm),
         "TRIGGER" => Request::Trigger,
         _ => {
-            let shown: String = action.chars().take(40).collect();
+            // The text is not echoed: a malformed payload may hold a code.
             return Err(format!(
-                "unknown action {shown:?}; expected ARM_AWAY, ARM_HOME, ARM_NIGHT, ARM_VACATION, DISARM or TRIGGER"
+                "unknown action ({} characters); expected ARM_AWAY, ARM_HOME, ARM_NIGHT, \
+                 ARM_VACATION, DISARM or TRIGGER",
+                action.chars().count()
             ));
         }
     };

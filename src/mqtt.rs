@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use rumqttc::mqttbytes::v4::SubscribeReasonCode;
 use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, SubscribeFilter,
     TlsConfiguration, Transport,
@@ -23,13 +24,18 @@ use crate::config::Config;
 /// `payload_too_large`; this bound only keeps a rogue publisher from exhausting memory.
 const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 
+/// How many incoming messages may wait for the daemon. Beyond that (a flood, or a slow
+/// Raspberry Pi hashing codes) messages are dropped with a warning rather than blocking the
+/// connection task, which must keep polling so that the daemon's own publishes go out.
+const QUEUE: usize = 1024;
+
 /// What the connection task reports.
 #[derive(Debug)]
 pub enum MqttEvent {
     /// A (re)connection was accepted: subscribe again.
     Connected,
-    /// The broker acknowledged a subscription request.
-    Subscribed,
+    /// The broker answered a subscription request; the positions of the refused filters.
+    Subscribed { refused: Vec<usize> },
     Message {
         topic: String,
         payload: Vec<u8>,
@@ -74,10 +80,17 @@ impl Publisher {
 }
 
 /// Builds the client from the config and starts the connection task.
+/// The two streams from the connection task: connection events (rare, never dropped) and
+/// incoming messages (bounded).
+pub struct Inbox {
+    pub control: mpsc::UnboundedReceiver<MqttEvent>,
+    pub messages: mpsc::Receiver<MqttEvent>,
+}
+
 pub fn connect(
     config: &Config,
     status_topic: &str,
-) -> anyhow::Result<(Publisher, mpsc::Receiver<MqttEvent>, JoinHandle<()>)> {
+) -> anyhow::Result<(Publisher, Inbox, JoinHandle<()>)> {
     let m = &config.mqtt;
     let mut options = MqttOptions::new(&m.client_id, &m.host, m.port);
     options
@@ -110,27 +123,36 @@ pub fn connect(
         }));
     }
     let (client, eventloop) = AsyncClient::new(options, 256);
-    let (tx, rx) = mpsc::channel(256);
-    let task = tokio::spawn(drive(eventloop, tx));
-    Ok((Publisher { client }, rx, task))
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let (messages_tx, messages) = mpsc::channel(QUEUE);
+    let task = tokio::spawn(drive(eventloop, control_tx, messages_tx));
+    Ok((Publisher { client }, Inbox { control, messages }, task))
 }
 
-/// Polls the event loop until the DISCONNECT has gone out or the daemon stops listening.
-async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<MqttEvent>) {
+/// Polls the event loop until the DISCONNECT has gone out. It never waits for the daemon:
+/// the daemon's publishes only leave while this loop polls.
+async fn drive(
+    mut eventloop: EventLoop,
+    control: mpsc::UnboundedSender<MqttEvent>,
+    messages: mpsc::Sender<MqttEvent>,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 tracing::info!("connected to the MQTT broker");
                 backoff = Duration::from_millis(250);
-                if tx.send(MqttEvent::Connected).await.is_err() {
-                    return;
-                }
+                let _ = control.send(MqttEvent::Connected);
             }
-            Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                if tx.send(MqttEvent::Subscribed).await.is_err() {
-                    return;
-                }
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, code)| matches!(code, SubscribeReasonCode::Failure))
+                    .map(|(i, _)| i)
+                    .collect();
+                let _ = control.send(MqttEvent::Subscribed { refused });
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
                 let event = MqttEvent::Message {
@@ -138,14 +160,14 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<MqttEvent>) {
                     payload: p.payload.to_vec(),
                     retain: p.retain,
                 };
-                if tx.send(event).await.is_err() {
-                    return;
+                if let Err(mpsc::error::TrySendError::Full(_)) = messages.try_send(event) {
+                    tracing::warn!("too many messages waiting: dropping one");
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
-                if tx.is_closed() {
+                if control.is_closed() {
                     return;
                 }
                 tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");

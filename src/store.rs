@@ -48,6 +48,11 @@ pub enum StoreError {
     #[error("there is no store at {path}: create it with `keypad-bridge init` (or start the daemon once)")]
     Missing { path: PathBuf },
     #[error(
+        "there is no store at {path}, but {leftover} exists: the store seems lost. Restore it \
+         from your backup; to really start over, remove {leftover} first"
+    )]
+    Lost { path: PathBuf, leftover: PathBuf },
+    #[error(
         "the secret file {secret} is missing, but the store at {store} was created with a secret; \
          restore the secret file from your backup (creating a new one would invalidate every code)"
     )]
@@ -130,11 +135,19 @@ impl Store {
         create: Create,
     ) -> Result<Store, StoreError> {
         let path = cfg.path.clone();
-        let existed = path.join("conf").exists() || path.join("db").exists();
-        if !existed && create == Create::Refused {
-            return Err(StoreError::Missing { path });
-        }
+        let existed = fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_some());
         if !existed {
+            if create == Create::Refused {
+                return Err(StoreError::Missing { path });
+            }
+            // Without its database, a secret or an alarm state means a store was lost, not
+            // that this is a first start: coming up with no users would hand the site to
+            // whoever creates a master first.
+            for leftover in [cfg.secret_file.clone(), alarm_state_path(&path)] {
+                if leftover.exists() {
+                    return Err(StoreError::Lost { path, leftover });
+                }
+            }
             create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
         }
         let db = sled::Config::new()
@@ -163,14 +176,14 @@ impl Store {
                 open_existing(&meta, cfg, &path, params)?
             }
             None => {
-                if !users.is_empty() || !codes.is_empty() || !activity.is_empty() {
+                if existed {
                     return Err(StoreError::Damaged {
                         path,
-                        what: "its site parameters are missing".into(),
+                        what: "its site parameters are missing: damage, or a first start that \
+                               was interrupted (if it never held any user, delete it and the \
+                               secret file and start again)"
+                            .into(),
                     });
-                }
-                if create == Create::Refused {
-                    return Err(StoreError::Missing { path });
                 }
                 create_new(&db, &meta, cfg, &path, params)?
             }
@@ -507,11 +520,7 @@ fn create_new(
     path: &Path,
     params: Argon2Params,
 ) -> Result<LookupKeyer, StoreError> {
-    // A secret left by an interrupted first start (file written, store not yet) is reused.
-    let secret = match read_secret(&cfg.secret_file)? {
-        Some(secret) => secret,
-        None => create_secret(&cfg.secret_file)?,
-    };
+    let secret = create_secret(&cfg.secret_file)?;
     let mut salt = [0u8; SALT_LEN];
     rand::rng().fill_bytes(&mut salt);
     let keyer = LookupKeyer::new(&secret, &salt, params).map_err(StoreError::Argon2)?;

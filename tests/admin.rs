@@ -192,6 +192,13 @@ fn an_owner_runs_a_household_from_mqtt_commands() {
 #[test]
 fn the_first_master_needs_no_auth_and_a_second_is_refused() {
     let w = World::without_master(|_| {});
+    let r =
+        w.command(json!({"id": "b0", "command": "add_user", "name": "Alice", "role": "master"}));
+    assert_eq!(
+        error_kind(&r),
+        "missing_field",
+        "the master is the main code: it needs one"
+    );
     let r = w.command(json!({"id": "b1", "command": "add_user", "name": "Alice", "role": "master", "code": "1234"}));
     assert_eq!(ok(&r)["role"], "master");
     let r = w.command(json!({"id": "b2", "command": "add_user", "name": "Mallory", "role": "master", "code": "6666"}));
@@ -538,4 +545,26 @@ fn validity_rules_refuse_at_the_keypad_like_a_wrong_code_and_say_why() {
         w.json_keypad(json!({"code": "4444", "action": "arm_away"}))["result"],
         "accepted"
     );
+}
+
+#[test]
+fn guessing_codes_through_duplicate_code_answers_locks_the_admin_channel() {
+    let w = World::start(|s| {
+        s.set("admin.trust_broker", json!(true));
+    });
+    ok(&w.command(json!({"id": "m0", "command": "add_user", "name": "Bob"})));
+    for (i, guess) in ["1111", "1234", "2222", "3333"].iter().enumerate() {
+        let r = w.command(json!({"id": format!("m{}", i + 1), "command": "set_code", "user": "Bob", "code": guess}));
+        if *guess == "1234" {
+            assert_eq!(error_kind(&r), "duplicate_code");
+        } else {
+            ok(&r);
+        }
+    }
+    // One failure so far; three more duplicates lock the channel.
+    for i in 0..3 {
+        let r = w.command(json!({"id": format!("m-dup{i}"), "command": "add_user", "name": format!("X{i}"), "code": "1234"}));
+        assert_eq!(error_kind(&r), "duplicate_code");
+    }
+    assert_eq!(w.wait_event("lockout")["source"], "admin");
 }

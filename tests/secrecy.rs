@@ -121,6 +121,24 @@ fn no_code_appears_in_logs_messages_retained_topics_or_store_files() {
     probe.wait_for(&t("event"), |m| {
         m.json()["event_type"] == "invalid_code" && m.json()["source"] == "homeassistant"
     });
+    // Malformed commands that hold a code must not be echoed into the log.
+    let junk = [
+        format!("DISARM {MASTER}"),
+        format!("{{\"action\":\"DISARM\",\"code\":\"{MASTER}\""),
+        MASTER.to_owned(),
+    ];
+    for payload in junk {
+        probe.publish(&t("alarm/set"), payload, false);
+    }
+    probe.publish(&site.json_topic(), format!("{{\"code\":\"{BOB}\""), false);
+    probe.wait_for(&t("keypad/front/result"), |m| {
+        m.json()["result"] == "invalid_request"
+    });
+    let truncated = format!("{{\"id\":\"s7\",\"auth\":\"{MASTER}\"");
+    probe.publish(&t("config/set"), truncated, false);
+    probe.wait_for(&t("config/result"), |m| {
+        m.json()["error"]["kind"] == "invalid_json"
+    });
     probe.publish(
         &t("alarm/set"),
         json!({"action": "DISARM", "code": MASTER}).to_string(),

@@ -269,3 +269,37 @@ fn a_code_check_costs_one_argon2_computation_whatever_the_number_of_users() {
     runtime.block_on(daemon).unwrap().unwrap();
     probe.wait_for(&site.topic("status"), |m| m.text() == "offline");
 }
+
+#[test]
+fn a_secret_without_its_store_is_a_lost_store_not_a_first_start() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    std::fs::remove_dir_all(site.store_dir().join("db")).unwrap();
+    let mut daemon = site.start();
+    assert!(!wait_exit(&mut daemon).success());
+    let log = daemon.log_text();
+    assert!(log.contains("seems lost"), "{log}");
+    assert!(
+        !site.store_dir().join("db").exists(),
+        "no new, empty store was created"
+    );
+    let (ok, _, err) = site.cli(&["init"], "5678\n");
+    assert!(!ok && err.contains("seems lost"), "{err}");
+}
+
+#[test]
+fn a_retained_home_assistant_command_is_never_applied() {
+    let mut w = World::start(|_| {});
+    assert!(w.daemon.stop());
+    // Left retained on the broker while the daemon was down (MQTT delivers it, flagged
+    // retained, when the daemon subscribes again).
+    let cmd = json!({"action": "ARM_AWAY", "code": "1234"}).to_string();
+    w.probe.publish(&w.topic("alarm/set"), cmd, true);
+    w.probe.drain();
+    w.daemon = w.site.start();
+    w.wait_state("disarmed");
+    w.probe
+        .assert_silent(&w.topic("alarm/state"), Duration::from_millis(500));
+    w.probe.publish(&w.topic("alarm/set"), Vec::new(), true);
+}
