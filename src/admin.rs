@@ -829,3 +829,42 @@ impl<'a> Fields<'a> {
 fn invalid(key: &str, what: &str) -> CommandError {
     CommandError::InvalidField(format!("`{key}` {what}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives on the config topic, the envelope parser answers without panicking,
+        /// and a refusal always carries one of the error kinds of DESIGN.md 6.
+        #[test]
+        fn any_bytes_on_the_config_topic_get_an_answer(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err((_, error)) = parse(&bytes) {
+                prop_assert!(!error.to_string().is_empty());
+                let kinds = ["invalid_json", "payload_too_large", "unknown_command", "missing_field", "invalid_field"];
+                prop_assert!(kinds.contains(&error.kind()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_never_prints_its_auth_or_fields() {
+        let request =
+            parse(br#"{"id":"1","auth":"4711","command":"set_code","user":"Bob","code":"0042"}"#)
+                .unwrap();
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("4711") && !shown.contains("0042"),
+            "{shown}"
+        );
+        assert!(shown.contains("set_code"));
+    }
+
+    #[test]
+    fn store_failures_are_internal_errors_in_plain_words() {
+        let error = CommandError::from(StoreError::Task("boom".into()));
+        assert_eq!(error.kind(), "internal");
+        assert!(error.to_string().contains("log"));
+    }
+}

@@ -151,6 +151,13 @@ pub async fn run_with_store(
         announced: false,
     };
     tracing::info!(state = daemon.alarm.state.as_str(), "starting");
+    if daemon.store.master()?.is_none() {
+        tracing::warn!(
+            "no master yet: create the main code with `keypad-bridge init`; until then, anyone \
+             who can publish on {} can create the master",
+            daemon.topics.config_set
+        );
+    }
     // A delay that ran out while the daemon was down takes effect now.
     // The state itself is published once the subscriptions are acknowledged (`announce`).
     daemon.on_deadline(now).await;
@@ -969,6 +976,21 @@ fn parse_alarm_set(payload: &[u8]) -> Result<(Request, Option<TypedCode>), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Nothing on `B/alarm/set` panics the reader.
+        #[test]
+        fn any_bytes_on_the_alarm_command_topic_are_read_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_alarm_set(&bytes);
+        }
+    }
+
+    #[test]
+    fn an_unknown_action_is_not_echoed_because_it_may_hold_a_code() {
+        let why = parse_alarm_set(b"DISARM 4711").unwrap_err();
+        assert!(!why.contains("4711"), "{why}");
+    }
 
     #[test]
     fn home_assistant_remote_code_payloads_are_read() {

@@ -303,3 +303,102 @@ fn a_retained_home_assistant_command_is_never_applied() {
         .assert_silent(&w.topic("alarm/state"), Duration::from_millis(500));
     w.probe.publish(&w.topic("alarm/set"), Vec::new(), true);
 }
+
+#[test]
+fn a_store_failure_is_an_internal_error_and_adds_nobody() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    // Damage the stored result of command x1 behind the daemon's back.
+    {
+        let db = sled::open(site.store_dir().join("db")).unwrap();
+        let applied = db.open_tree("applied").unwrap();
+        applied.insert("x1", &b"{not json"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let probe = Probe::connect(broker.port, &["#"]);
+    let mut daemon = site.start();
+    probe.wait_for(&site.topic("status"), |m| m.text() == "online");
+    let cmd =
+        json!({"id": "x1", "auth": "1234", "command": "add_user", "name": "Bob", "code": "2468"});
+    probe.publish(&site.topic("config/set"), cmd.to_string(), false);
+    let result = probe.next(&site.topic("config/result")).json();
+    assert_eq!(result["ok"], false);
+    assert_eq!(result["error"]["kind"], "internal");
+    assert!(daemon.stop());
+    let db = sled::open(site.store_dir().join("db")).unwrap();
+    assert_eq!(
+        db.open_tree("users").unwrap().len(),
+        1,
+        "Alice only: Bob was not added"
+    );
+}
+
+#[test]
+fn a_damaged_user_record_stops_the_daemon_instead_of_losing_people() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    {
+        let db = sled::open(site.store_dir().join("db")).unwrap();
+        let users = db.open_tree("users").unwrap();
+        users.insert("u_broken", &b"{not json"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let mut daemon = site.start();
+    assert!(!wait_exit(&mut daemon).success());
+    assert!(
+        daemon.log_text().contains("damaged"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn argon2_settings_changed_later_keep_the_recorded_ones_and_say_so() {
+    let broker = Broker::start();
+    let mut site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    site.set("codes.argon2.memory_kib", json!(2048));
+    site.set("codes.argon2.iterations", json!(3));
+    let probe = Probe::connect(broker.port, &["#"]);
+    let mut daemon = site.start();
+    probe.wait_for(&site.topic("status"), |m| m.text() == "online");
+    probe.publish(
+        &site.json_topic(),
+        json!({"code": "1234"}).to_string(),
+        false,
+    );
+    let reply = probe.next(&site.topic("keypad/front/result")).json();
+    assert_eq!(
+        reply["result"], "accepted",
+        "the code still works: the recorded parameters are used"
+    );
+    assert!(daemon.stop());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("recorded ones stay in use") && log.contains("memory_kib=1024"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_activity_log_keeps_the_newest_max_entries() {
+    let mut w = World::start(|s| {
+        s.set("activity.max_entries", json!(5));
+    });
+    for _ in 0..4 {
+        w.json_keypad(json!({"code": "1234"}));
+    }
+    w.json_keypad(json!({"code": "0000"}));
+    assert!(w.daemon.stop());
+    let (ok, out, err) = w.site.cli(&["activity", "--limit", "100"], "");
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[0].contains("invalid_code"), "{out}");
+    assert!(
+        !out.contains("user_added"),
+        "the oldest entries are gone: {out}"
+    );
+}

@@ -121,6 +121,18 @@ fn replies_echo_accepted_actions_and_say_invalid_code_or_already_disarmed() {
     w.wait_state("disarmed");
     assert_eq!(w.hall_status(), json!({"arm_mode": {"mode": "disarm"}}));
     assert_eq!(w.wait_event("disarmed")["user"], "Bob");
+    // A code outside its validity rules is answered like a wrong one.
+    let r = w.command(
+        json!({"id": "exp", "auth": "1234", "command": "update_user", "user": "Bob",
+                             "valid_until": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    w.hall("keypad001__arm_day_zones");
+    assert_eq!(
+        w.hall_reply(),
+        json!({"arm_mode": {"transaction": 120, "mode": "invalid_code"}})
+    );
+    assert_eq!(w.wait_event("denied")["reason"], "expired");
     // A code that is too short (the documented example's "123") is answered invalid_code.
     w.hall("kepzb-110__documented_example");
     assert_eq!(

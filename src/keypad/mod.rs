@@ -123,3 +123,40 @@ pub fn parse(protocol: KeypadProtocol, payload: &[u8]) -> Parsed {
         KeypadProtocol::Plain => plain::parse(payload),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives on a keypad topic, parsing never panics.
+        #[test]
+        fn any_bytes_on_a_keypad_topic_are_parsed_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for protocol in [KeypadProtocol::Zigbee2mqtt, KeypadProtocol::Json, KeypadProtocol::Plain] {
+                let _ = parse(protocol, &bytes);
+            }
+        }
+
+        /// JSON-shaped input with random values: still no panic, and codes stay masked.
+        #[test]
+        fn any_json_object_on_a_keypad_topic_is_parsed_without_panicking(
+            action in prop_oneof![Just(json_value("\"disarm\"")), Just(json_value("null")), Just(json_value("7")), Just(json_value("\"\"")), Just(json_value("[1]"))],
+            code in prop_oneof![Just(json_value("\"0042\"")), Just(json_value("42")), Just(json_value("{}")), Just(json_value("null"))],
+            transaction in prop_oneof![Just(json_value("-1")), Just(json_value("256")), Just(json_value("3")), Just(json_value("\"9\""))],
+        ) {
+            let payload = serde_json::json!({"action": action, "action_code": code, "code": code, "action_transaction": transaction});
+            let bytes = payload.to_string().into_bytes();
+            for protocol in [KeypadProtocol::Zigbee2mqtt, KeypadProtocol::Json] {
+                if let Parsed::Input(input) = parse(protocol, &bytes) {
+                    let shown = format!("{:?}", input);
+                    prop_assert!(!shown.contains("0042"));
+                }
+            }
+        }
+    }
+
+    fn json_value(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+}
