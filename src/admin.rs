@@ -541,17 +541,22 @@ fn activity(
     let before = f.positive("before")?.flatten();
     let user = f.string("user")?.flatten();
     f.finish()?;
-    // A deleted user is no longer found by name, but their id still filters the log.
-    let user_id = match user {
-        Some(u) => Some(match ctx.store.find_user(&u)? {
-            Some(found) => found.id,
-            None => u,
-        }),
+    // A deleted user is no longer in the store: their history is found by id or by name.
+    let found = match &user {
+        Some(u) => ctx.store.find_user(u)?,
         None => None,
     };
     let entries = ctx
         .store
-        .activity(limit as usize, before, user_id.as_deref())?;
+        .activity(limit as usize, before, |e| match (&user, &found) {
+            (None, _) => true,
+            (Some(_), Some(found)) => e.involves(&found.id),
+            (Some(who), None) => {
+                e.involves(who)
+                    || e.user.as_deref().is_some_and(|n| names_equal(n, who))
+                    || e.by.as_deref().is_some_and(|n| names_equal(n, who))
+            }
+        })?;
     let mut body = Map::new();
     body.insert("entries".into(), json!(entries));
     Ok(Applied {

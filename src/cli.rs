@@ -181,7 +181,7 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
 /// `activity`: the newest entries first.
 pub fn activity(config: &Config, limit: usize, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = Store::open(config, Create::Refused)?;
-    for e in store.activity(limit, None, None)? {
+    for e in store.activity(limit, None, |_| true)? {
         let mut line = format!("{:>6} {} {:<17}", e.seq, e.at, e.event_type.as_str());
         for (key, value) in [
             ("user", &e.user),

@@ -340,12 +340,13 @@ impl Store {
         Ok(events)
     }
 
-    /// Activity entries, newest first: at most `limit`, with `seq < before`, about `user_id`.
+    /// Activity entries, newest first: at most `limit` of those `keep` accepts, with
+    /// `seq < before`.
     pub fn activity(
         &self,
         limit: usize,
         before: Option<u64>,
-        user_id: Option<&str>,
+        keep: impl Fn(&Event) -> bool,
     ) -> Result<Vec<Event>, StoreError> {
         let end = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
@@ -356,7 +357,7 @@ impl Store {
             let (_, bytes) = entry?;
             let event: Event = serde_json::from_slice(&bytes)
                 .map_err(|e| self.damaged(format!("an activity entry is unreadable: {e}")))?;
-            if user_id.is_none_or(|id| event.involves(id)) {
+            if keep(&event) {
                 out.push(event);
             }
         }

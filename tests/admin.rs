@@ -171,11 +171,17 @@ fn an_owner_runs_a_household_from_mqtt_commands() {
     let r = w.command(
         json!({"id": "a11", "auth": "1234", "command": "activity", "limit": 2, "before": before}),
     );
-    assert!(r["entries"]
+    let seqs: Vec<u64> = r["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|e| e["seq"].as_u64().unwrap() < before));
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        [before - 1, before - 2],
+        "the page just before seq {before}"
+    );
     let r = w.command(
         json!({"id": "a12", "auth": "1234", "command": "activity", "user": "Cleo", "limit": 1000}),
     );
@@ -187,6 +193,28 @@ fn an_owner_runs_a_household_from_mqtt_commands() {
         "{r}"
     );
     assert!(entries.iter().any(|e| e["event_type"] == "denied"));
+    // Changes are in the log with who made them.
+    let deleted = entries
+        .iter()
+        .find(|e| e["event_type"] == "user_deactivated")
+        .expect("logged");
+    assert_eq!(
+        (deleted["by"].as_str(), deleted["source"].as_str()),
+        (Some("Alice"), Some("admin"))
+    );
+    let r = w.command(json!({"id": "a13", "auth": "1234", "command": "activity", "user": "Robert", "limit": 1000}));
+    let kinds: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    for kind in ["user_deleted", "user_updated", "code_set", "user_added"] {
+        assert!(
+            kinds.contains(&kind),
+            "a deleted user's history is still found by id: {kinds:?}"
+        );
+    }
 }
 
 #[test]
@@ -567,4 +595,35 @@ fn guessing_codes_through_duplicate_code_answers_locks_the_admin_channel() {
         assert_eq!(error_kind(&r), "duplicate_code");
     }
     assert_eq!(w.wait_event("lockout")["source"], "admin");
+}
+
+#[test]
+fn zero_length_payloads_on_the_config_topic_are_ignored() {
+    let w = World::start(|_| {});
+    w.probe.publish(&w.topic("config/set"), Vec::new(), false);
+    w.probe.publish(&w.topic("config/set"), Vec::new(), true);
+    w.probe
+        .assert_silent(&w.topic("config/result"), Duration::from_millis(500));
+}
+
+#[test]
+fn a_change_is_on_disk_before_its_result_is_published() {
+    let mut w = World::start(|_| {});
+    for i in 0..5 {
+        let r = add(
+            &w,
+            &format!("n{i}"),
+            json!({"name": format!("Person {i}"), "code": format!("5{i}{i}{i}")}),
+        );
+        ok(&r);
+    }
+    // Power cut right after the last result: nothing acknowledged may be lost.
+    w.daemon.kill();
+    let (ok_, out, err) = w.site.cli(&["users"], "");
+    assert!(ok_, "{err}");
+    assert_eq!(out.lines().count(), 6, "{out}");
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    assert_eq!(w.json_keypad(json!({"code": "5444"}))["result"], "accepted");
 }

@@ -205,24 +205,42 @@ fn the_panel_status_shows_the_exit_delay_with_seconds_left() {
 #[test]
 fn a_repeated_transaction_gets_the_same_reply_and_is_applied_once() {
     let w = World::start(|_| {});
-    w.hall_status();
-    w.hall("kepzb-110__arm_all_zones");
-    let first = w.hall_reply();
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["result"],
+        "accepted"
+    );
     w.wait_state("armed_away");
-    w.hall("kepzb-110__arm_all_zones");
+    w.hall("kepzb-110__disarm");
+    let first = w.hall_reply();
+    assert_eq!(first["arm_mode"]["mode"], "disarm");
+    w.wait_state("disarmed");
+    // The keypad repeats the request: applied again, it would be "already_disarmed".
+    w.probe.drain();
+    w.hall("kepzb-110__disarm");
     assert_eq!(w.hall_reply(), first);
-    // The same transaction number from another message is still the same exchange.
     w.probe
-        .assert_silent(&w.topic("alarm/state"), Duration::from_millis(300));
-    let armed: Vec<_> = w
-        .probe
-        .all()
-        .into_iter()
-        .filter(|m| m.topic == w.topic("event") && m.json()["event_type"] == "armed_away")
-        .collect();
-    assert_eq!(armed.len(), 1);
+        .assert_silent(&w.topic("event"), Duration::from_millis(300));
     let r = w.command(json!({"id": "uses", "auth": "1234", "command": "list_users"}));
-    assert_eq!(r["users"][0]["uses"], 1);
+    assert_eq!(
+        r["users"][0]["uses"], 2,
+        "one arm and one disarm, not two disarms"
+    );
+}
+
+#[test]
+fn after_ten_seconds_the_same_transaction_number_is_a_new_exchange() {
+    let w = World::start(|_| {});
+    w.hall("kepzb-110__disarm");
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "already_disarmed");
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+    std::thread::sleep(Duration::from_millis(10_500));
+    // Transaction numbers wrap at 256: after the memory expires, 18 is someone new typing.
+    w.hall("kepzb-110__disarm");
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "disarm");
+    w.wait_state("disarmed");
 }
 
 #[test]

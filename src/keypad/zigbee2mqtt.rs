@@ -92,3 +92,88 @@ pub fn panel_status(state: AlarmState, seconds_left: Option<u64>) -> String {
         _ => json!({"arm_mode": {"mode": mode}}).to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panel_status_maps_every_alarm_state_to_a_keypad_mode() {
+        let cases = [
+            (
+                AlarmState::Disarmed,
+                None,
+                r#"{"arm_mode":{"mode":"disarm"}}"#,
+            ),
+            (
+                AlarmState::ArmedHome,
+                None,
+                r#"{"arm_mode":{"mode":"arm_day_zones"}}"#,
+            ),
+            (
+                AlarmState::ArmedNight,
+                None,
+                r#"{"arm_mode":{"mode":"arm_night_zones"}}"#,
+            ),
+            (
+                AlarmState::ArmedAway,
+                None,
+                r#"{"arm_mode":{"mode":"arm_all_zones"}}"#,
+            ),
+            (
+                AlarmState::ArmedVacation,
+                None,
+                r#"{"arm_mode":{"mode":"arm_all_zones"}}"#,
+            ),
+            (
+                AlarmState::Arming,
+                Some(30),
+                r#"{"arm_mode":{"delay":30,"mode":"exit_delay"}}"#,
+            ),
+            (
+                AlarmState::Pending,
+                Some(12),
+                r#"{"arm_mode":{"delay":12,"mode":"entry_delay"}}"#,
+            ),
+            (
+                AlarmState::Triggered,
+                None,
+                r#"{"arm_mode":{"mode":"in_alarm"}}"#,
+            ),
+        ];
+        for (state, left, expected) in cases {
+            assert_eq!(panel_status(state, left), expected, "{state:?}");
+        }
+        // The keypad's delay is one byte.
+        assert!(panel_status(AlarmState::Arming, Some(3600)).contains("\"delay\":255"));
+    }
+
+    #[test]
+    fn replies_echo_the_action_or_name_the_refusal() {
+        let arm = |m| KeypadAction::Arm(m);
+        assert_eq!(
+            reply(9, arm(ArmMode::ArmedHome), Answer::Accepted),
+            r#"{"arm_mode":{"mode":"arm_day_zones","transaction":9}}"#
+        );
+        assert_eq!(
+            reply(9, arm(ArmMode::ArmedNight), Answer::Accepted),
+            r#"{"arm_mode":{"mode":"arm_night_zones","transaction":9}}"#
+        );
+        assert_eq!(
+            reply(9, KeypadAction::Disarm, Answer::Accepted),
+            r#"{"arm_mode":{"mode":"disarm","transaction":9}}"#
+        );
+        assert_eq!(
+            reply(9, KeypadAction::Disarm, Answer::LockedOut),
+            r#"{"arm_mode":{"mode":"invalid_code","transaction":9}}"#
+        );
+        assert_eq!(
+            reply(9, KeypadAction::Disarm, Answer::AlreadyDisarmed),
+            r#"{"arm_mode":{"mode":"already_disarmed","transaction":9}}"#
+        );
+        assert_eq!(
+            reply(9, arm(ArmMode::ArmedAway), Answer::NotReady),
+            r#"{"arm_mode":{"mode":"not_ready","transaction":9}}"#
+        );
+    }
+}

@@ -84,7 +84,12 @@ impl Broker {
                 return None;
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(child);
+                // Still ours? Another test's broker may have taken the port first.
+                std::thread::sleep(Duration::from_millis(20));
+                if let Ok(None) = child.try_wait() {
+                    return Some(child);
+                }
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
