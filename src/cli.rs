@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use crate::codes::{Code, LookupKey};
 use crate::config::Config;
 use crate::events::{Event, EventType};
-use crate::store::{Change, Create, Store};
+use crate::store::{Change, Create, Store, StoreError};
 use crate::users::{Role, User};
 
 const SOURCE: &str = "cli";
@@ -53,21 +53,33 @@ pub fn init(
     if name.is_empty() || name.chars().count() > 64 {
         bail!("--name must be 1 to 64 characters");
     }
-    let store = Store::open(config, Create::Allowed)?;
-    if let Some(master) = store.master()? {
-        bail!(
-            "a master already exists ({:?}); use `keypad-bridge reset-master` to give it a new code",
-            master.name
-        );
-    }
-    if store
-        .users()?
-        .iter()
-        .any(|u| crate::users::names_equal(&u.name, name))
-    {
-        bail!("another user is already called {name:?}; choose another --name");
+    // Nothing is created until the code has been read and checked: an interrupted `init`
+    // must not leave a store without a master behind.
+    let existing = match Store::open(config, Create::Refused) {
+        Ok(store) => Some(store),
+        Err(StoreError::Missing { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(store) = &existing {
+        if let Some(master) = store.master()? {
+            bail!(
+                "a master already exists ({:?}); use `keypad-bridge reset-master` to give it a new code",
+                master.name
+            );
+        }
+        if store
+            .users()?
+            .iter()
+            .any(|u| crate::users::names_equal(&u.name, name))
+        {
+            bail!("another user is already called {name:?}; choose another --name");
+        }
     }
     let code = parse_code(config, &read()?)?;
+    let store = match existing {
+        Some(store) => store,
+        None => Store::open(config, Create::Allowed)?,
+    };
     let key = store.keyer().key(&code);
     if store.code_taken(&key)? {
         bail!("that code is already used by another user; choose another one");

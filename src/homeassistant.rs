@@ -64,7 +64,6 @@ pub fn discovery(config: &Config, topics: &Topics) -> Vec<Discovery> {
     let panel = json!({
         "name": null,
         "unique_id": format!("{node}_alarm"),
-        "object_id": node,
         "state_topic": topics.alarm_state,
         "command_topic": topics.alarm_set,
         "command_template": "{\"action\":\"{{ action }}\",\"code\":\"{{ code }}\"}",
@@ -82,7 +81,6 @@ pub fn discovery(config: &Config, topics: &Topics) -> Vec<Discovery> {
     let last_user = json!({
         "name": "Last user",
         "unique_id": format!("{node}_last_user"),
-        "object_id": format!("{node}_last_user"),
         "state_topic": topics.alarm_last_user,
         "icon": "mdi:account-key",
         "availability": availability,
@@ -94,7 +92,6 @@ pub fn discovery(config: &Config, topics: &Topics) -> Vec<Discovery> {
     let event = json!({
         "name": "Event",
         "unique_id": format!("{node}_event"),
-        "object_id": format!("{node}_event"),
         "state_topic": topics.event,
         "event_types": event_types,
         "availability": availability,

@@ -328,10 +328,9 @@ fn discovery(w: &World) -> Vec<Msg> {
 
 /// Keys Home Assistant's MQTT integration accepts per platform (PROTOCOLS.md 3, from the
 /// home-assistant.io pages and core's mqtt schemas), plus the common entity keys.
-const COMMON: [&str; 12] = [
+const COMMON: [&str; 11] = [
     "name",
     "unique_id",
-    "object_id",
     "availability",
     "device",
     "origin",

@@ -60,9 +60,14 @@ fn init_refuses_a_malformed_code_in_plain_words() {
         assert!(!ok, "{bad}");
         assert!(err.contains("that code cannot be used"), "{err}");
     }
+    // Nothing was created: an interrupted init leaves no store without a master behind.
+    assert!(!site.store_dir().join("db").exists());
+    assert!(!site.store_dir().join("secret").exists());
+    let (ok, _, err) = site.cli(&["users"], "");
+    assert!(!ok && err.contains("keypad-bridge init"), "{err}");
+    site.init("Alice", "0042");
     let (ok, out, _) = site.cli(&["users"], "");
-    assert!(ok);
-    assert!(out.contains("no users yet"), "{out}");
+    assert!(ok && out.contains(" master "), "{out}");
 }
 
 #[test]

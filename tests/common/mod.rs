@@ -20,14 +20,12 @@ use serde_json::{json, Value};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 fn mosquitto_binary() -> PathBuf {
-    for candidate in [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let in_path = std::env::split_paths(&path).map(|dir| dir.join("mosquitto"));
+    let usual =
+        ["/usr/sbin", "/usr/bin", "/usr/local/sbin"].map(|d| Path::new(d).join("mosquitto"));
+    if let Some(found) = usual.into_iter().chain(in_path).find(|p| p.is_file()) {
+        return found;
     }
     panic!(
         "mosquitto is not installed, and the tests need a real broker. Install it with \
