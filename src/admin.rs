@@ -366,21 +366,7 @@ fn add_user(
         }
     }
     check_name_free(ctx.store, &name, None)?;
-    let mut user = User {
-        id: ctx.store.new_user_id()?,
-        name,
-        role,
-        active: true,
-        code_key: None,
-        notify: None,
-        valid_from: None,
-        valid_until: None,
-        schedule: None,
-        max_uses: None,
-        uses: 0,
-        created_at: ctx.now,
-        updated_at: ctx.now,
-    };
+    let mut user = User::new(ctx.store.new_user_id()?, name, role, ctx.now);
     rules.apply_to(&mut user)?;
     let mut change = Change::default();
     change
@@ -457,19 +443,10 @@ fn set_code(
     f.finish()?;
     guard_target(authority, &user)?;
     check_code_free(ctx.store, &key, Some(&user.id))?;
-    let mut change = Change::default();
-    if let Some(old) = user.code_key.as_deref().and_then(LookupKey::from_hex) {
-        change.delete_codes.push(old);
-    }
-    change.put_codes.push((key, user.id.clone()));
-    user.code_key = Some(key.to_hex());
-    // A new code starts a new count (a re-issued one-time code works once more).
-    user.uses = 0;
-    user.updated_at = ctx.now;
+    let mut change = Change::recode(&mut user, key, ctx.now);
     change
         .events
         .push(event(ctx, EventType::CodeSet, &user, authority));
-    change.put_users.push(user.clone());
     Ok(changed(request, &user, change))
 }
 

@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context};
 use jiff::Timestamp;
 
-use crate::codes::{Code, LookupKey};
+use crate::codes::Code;
 use crate::config::Config;
 use crate::events::{Event, EventType};
 use crate::store::{Change, Create, Store, StoreError};
@@ -85,21 +85,8 @@ pub fn init(
         bail!("that code is already used by another user; choose another one");
     }
     let now = Timestamp::now();
-    let user = User {
-        id: store.new_user_id()?,
-        name: name.to_owned(),
-        role: Role::Master,
-        active: true,
-        code_key: Some(key.to_hex()),
-        notify: None,
-        valid_from: None,
-        valid_until: None,
-        schedule: None,
-        max_uses: None,
-        uses: 0,
-        created_at: now,
-        updated_at: now,
-    };
+    let mut user = User::new(store.new_user_id()?, name.to_owned(), Role::Master, now);
+    user.code_key = Some(key.to_hex());
     store.commit(Change {
         put_users: vec![user.clone()],
         put_codes: vec![(key, user.id.clone())],
@@ -133,20 +120,9 @@ pub fn reset_master(
         }
     }
     let now = Timestamp::now();
-    let mut change = Change::default();
-    change
-        .delete_codes
-        .extend(master.code_key.as_deref().and_then(LookupKey::from_hex));
-    change.put_codes.push((key, master.id.clone()));
-    master.code_key = Some(key.to_hex());
-    master.uses = 0;
-    master.updated_at = now;
-    change.events.push(
-        Event::new(EventType::CodeSet, now)
-            .source(SOURCE)
-            .about(&master),
-    );
-    change.put_users.push(master.clone());
+    let mut change = Change::recode(&mut master, key, now);
+    let event = Event::new(EventType::CodeSet, now).source(SOURCE);
+    change.events.push(event.about(&master));
     store.commit(change)?;
     Ok(master)
 }

@@ -95,6 +95,23 @@ pub struct Change {
     pub applied: Option<(String, serde_json::Value)>,
 }
 
+impl Change {
+    /// Gives `user` a new code (replacing any old one): the change to commit, without events.
+    /// A new code starts a new count of uses (a re-issued one-time code works once more).
+    pub fn recode(user: &mut User, key: LookupKey, now: jiff::Timestamp) -> Change {
+        let mut change = Change::default();
+        change
+            .delete_codes
+            .extend(user.code_key.as_deref().and_then(LookupKey::from_hex));
+        change.put_codes.push((key, user.id.clone()));
+        user.code_key = Some(key.to_hex());
+        user.uses = 0;
+        user.updated_at = now;
+        change.put_users.push(user.clone());
+        change
+    }
+}
+
 /// The open store. Cheap to clone (sled trees are reference-counted).
 #[derive(Clone, Debug)]
 pub struct Store {

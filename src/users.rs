@@ -450,6 +450,25 @@ pub struct User {
 }
 
 impl User {
+    /// A new active user without a code or rules.
+    pub fn new(id: String, name: String, role: Role, now: Timestamp) -> User {
+        User {
+            id,
+            name,
+            role,
+            active: true,
+            code_key: None,
+            notify: None,
+            valid_from: None,
+            valid_until: None,
+            schedule: None,
+            max_uses: None,
+            uses: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// May this user's code be used for `what` at `now`? The schedule is read in `tz`, the
     /// site's configured zone, on the wall clock (so DST is the zone's business).
     ///

@@ -222,21 +222,9 @@ fn a_code_check_costs_one_argon2_computation_whatever_the_number_of_users() {
         key[..4].copy_from_slice(&i.to_be_bytes());
         let id = format!("u_t{i:05}");
         change.put_codes.push((LookupKey(key), id.clone()));
-        change.put_users.push(User {
-            id,
-            name: format!("Person {i}"),
-            role: Role::User,
-            active: true,
-            code_key: Some(LookupKey(key).to_hex()),
-            notify: None,
-            valid_from: None,
-            valid_until: None,
-            schedule: None,
-            max_uses: None,
-            uses: 0,
-            created_at: now,
-            updated_at: now,
-        });
+        let mut user = User::new(id, format!("Person {i}"), Role::User, now);
+        user.code_key = Some(LookupKey(key).to_hex());
+        change.put_users.push(user);
     }
     store.commit(change).unwrap();
     let keyer = store.keyer().clone();
