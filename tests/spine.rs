@@ -182,3 +182,25 @@ fn every_entry_is_in_the_activity_log_shown_by_the_cli() {
     assert!(ok);
     assert_eq!(out.lines().count(), 1);
 }
+
+#[test]
+fn with_no_arguments_the_binary_runs_the_daemon_with_the_config_from_the_environment() {
+    let broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    let probe = Probe::connect(broker.port, &["#"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+        .env("KEYPAD_BRIDGE_CONFIG", site.config_path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let online = probe.try_wait_for(&site.topic("status"), WAIT, |m| m.text() == "online");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(online.is_some(), "the daemon did not come online");
+    assert!(status.success());
+}

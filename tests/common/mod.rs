@@ -45,26 +45,37 @@ pub struct Broker {
     pub port: u16,
     child: Child,
     dir: tempfile::TempDir,
+    extra: String,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
+        Broker::start_with(tempfile::tempdir().unwrap(), "allow_anonymous true\n")
+    }
+
+    /// A broker whose config adds `extra` lines (TLS files, password and ACL files, all in
+    /// `dir`) after its loopback listener.
+    pub fn start_with(dir: tempfile::TempDir, extra: &str) -> Broker {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = Self::spawn(dir.path(), port) {
-                return Broker { port, child, dir };
+            if let Some(child) = Self::spawn(dir.path(), port, extra) {
+                return Broker {
+                    port,
+                    child,
+                    dir,
+                    extra: extra.to_owned(),
+                };
             }
         }
         panic!("mosquitto did not start on a free port after 5 tries");
     }
 
-    fn spawn(dir: &Path, port: u16) -> Option<Child> {
+    fn spawn(dir: &Path, port: u16, extra: &str) -> Option<Child> {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                "listener {port} 127.0.0.1\n{extra}set_tcp_nodelay true\n\
                  persistence false\nlog_dest stderr\nlog_type error\n"
             ),
         )
@@ -101,7 +112,7 @@ impl Broker {
         self.stop();
         let start = Instant::now();
         loop {
-            if let Some(child) = Self::spawn(self.dir.path(), self.port) {
+            if let Some(child) = Self::spawn(self.dir.path(), self.port, &self.extra) {
                 self.child = child;
                 return;
             }
@@ -161,8 +172,20 @@ pub struct Probe {
 
 impl Probe {
     pub fn connect(port: u16, filters: &[&str]) -> Probe {
+        Probe::connect_with(port, None, filters)
+    }
+
+    /// A probe that logs in.
+    pub fn connect_as(port: u16, user: &str, password: &str, filters: &[&str]) -> Probe {
+        Probe::connect_with(port, Some((user, password)), filters)
+    }
+
+    fn connect_with(port: u16, login: Option<(&str, &str)>, filters: &[&str]) -> Probe {
         let id = format!("probe-{}", rand_suffix());
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut connection) = Client::new(options, 100);
