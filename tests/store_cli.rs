@@ -228,15 +228,7 @@ fn a_code_check_costs_one_argon2_computation_whatever_the_number_of_users() {
     }
     store.commit(change).unwrap();
     let keyer = store.keyer().clone();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = runtime.spawn(keypad_bridge::daemon::run_with_store(
-        config,
-        store,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let daemon = InProcess::start(&site, store);
     let probe = Probe::connect(broker.port, &["#"]);
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
     let before = keyer.computations();
@@ -258,8 +250,7 @@ fn a_code_check_costs_one_argon2_computation_whatever_the_number_of_users() {
     probe.publish(&site.json_topic(), json!({"code": "12"}).to_string(), false);
     probe.next(&site.topic("keypad/front/result"));
     assert_eq!(keyer.computations() - before, 3);
-    stop.send(()).unwrap();
-    runtime.block_on(daemon).unwrap().unwrap();
+    daemon.stop();
     probe.wait_for(&site.topic("status"), |m| m.text() == "offline");
 }
 

@@ -319,15 +319,7 @@ fn a_locked_out_json_keypad_is_told_locked_out_without_any_hashing() {
     let config = keypad_bridge::config::load(&site.config_path()).unwrap();
     let store = Store::open(&config, Create::Refused).unwrap();
     let keyer = store.keyer().clone();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = runtime.spawn(keypad_bridge::daemon::run_with_store(
-        config,
-        store,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let daemon = InProcess::start(&site, store);
     let probe = Probe::connect(broker.port, &["#"]);
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
     let result = site.topic("keypad/front/result");
@@ -349,6 +341,5 @@ fn a_locked_out_json_keypad_is_told_locked_out_without_any_hashing() {
         4,
         "no Argon2 computation while locked out"
     );
-    stop.send(()).unwrap();
-    runtime.block_on(daemon).unwrap().unwrap();
+    daemon.stop();
 }

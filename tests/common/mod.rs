@@ -679,3 +679,36 @@ impl World {
             .json()
     }
 }
+
+/// The daemon running inside the test process, so that a test can read the store's Argon2
+/// counter ([`keypad_bridge::codes::LookupKeyer::computations`]).
+pub struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::oneshot::Sender<()>,
+    daemon: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub fn start(site: &Site, store: keypad_bridge::store::Store) -> InProcess {
+        let config = keypad_bridge::config::load(&site.config_path()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let daemon = runtime.spawn(keypad_bridge::daemon::run_with_store(
+            config, store, shutdown,
+        ));
+        InProcess {
+            runtime,
+            stop,
+            daemon,
+        }
+    }
+
+    /// Stops it as SIGTERM would and checks that it ended cleanly.
+    pub fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.runtime.block_on(self.daemon).unwrap().unwrap();
+    }
+}
