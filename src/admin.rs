@@ -105,6 +105,14 @@ impl Request {
         self.command == "add_user" && self.fields.get("role") == Some(&json!("master"))
     }
 
+    /// What identifies the command for idempotency: its name and fields (codes included,
+    /// so only ever hashed with the site secret), not its `id` or `auth`.
+    pub fn fingerprint_input(&self) -> Vec<u8> {
+        // serde_json's maps are sorted: the same command always gives the same bytes.
+        serde_json::to_vec(&json!({"command": self.command, "fields": self.fields}))
+            .unwrap_or_default()
+    }
+
     /// Read-only commands are not recorded for idempotency.
     pub fn changes_something(&self) -> bool {
         !matches!(self.command.as_str(), "list_users" | "activity")
@@ -179,8 +187,10 @@ pub fn parse(payload: &[u8]) -> Result<Request, (Partial, CommandError)> {
         Some(_) => Some(TypedCode::NotText),
     };
     if !COMMANDS.contains(&command.as_str()) {
+        // The text is not echoed: it may be anything, a code included.
         let msg = format!(
-            "unknown command {command:?}; the commands are {}",
+            "unknown command ({} characters); the commands are {}",
+            command.chars().count(),
             COMMANDS.join(", ")
         );
         return Err((partial, CommandError::UnknownCommand(msg)));

@@ -159,6 +159,22 @@ impl LookupKeyer {
         LookupKey(out)
     }
 
+    /// A cheap keyed digest (Argon2id with the site secret and salt at its smallest cost:
+    /// 64 KiB, one pass) for data that may hold codes, such as a command's fields kept for
+    /// idempotency. Not a code check: not counted, and not meant to resist guessing.
+    pub fn digest(&self, data: &[u8]) -> LookupKey {
+        let mut out = [0u8; LOOKUP_KEY_LEN];
+        Params::new(64, 1, 1, Some(LOOKUP_KEY_LEN))
+            .and_then(|p| {
+                Argon2::new_with_secret(&self.secret, Algorithm::Argon2id, Version::V0x13, p)
+            })
+            .and_then(|a| a.hash_password_into(data, &self.salt, &mut out))
+            .expect(
+                "fixed parameters; the secret and salt were validated when the keyer was built",
+            );
+        LookupKey(out)
+    }
+
     /// How many code lookup keys this keyer (and its clones) has computed.
     pub fn computations(&self) -> u64 {
         self.computations.load(Ordering::Relaxed)

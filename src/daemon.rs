@@ -59,6 +59,15 @@ struct Saved {
     notify: Option<String>,
 }
 
+/// One Zigbee2MQTT exchange: the keypad, its transaction number and a keyed digest of what
+/// was asked (action and code), so that only a true repeat gets the remembered reply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Exchange {
+    keypad: String,
+    transaction: u8,
+    request: u64,
+}
+
 /// Why a typed code identified nobody, other than being wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lookup {
@@ -147,6 +156,8 @@ pub async fn run_with_store(
         lockouts,
         tz,
         transactions: HashMap::new(),
+        digest_keys: std::collections::hash_map::RandomState::new(),
+        ignored_triggers: HashMap::new(),
         outbox: Vec::new(),
         announced: false,
     };
@@ -180,11 +191,13 @@ pub async fn run_with_store(
                 Some(event) => daemon.on_mqtt(event).await,
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
-            () = sleep => daemon.on_deadline(Timestamp::now()).await,
+            // Messages before deadlines: each message first advances the alarm to the time
+            // it arrived, so a code typed before a deadline counts before it.
             event = inbox.messages.recv() => match event {
                 Some(event) => daemon.on_mqtt(event).await,
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
+            () = sleep => daemon.on_deadline(Timestamp::now()).await,
         }
     }
 
@@ -231,7 +244,11 @@ struct Daemon {
     /// Keypad topic → keypad.
     keypads: HashMap<String, KeypadConfig>,
     /// Replies sent to Zigbee2MQTT keypads, by (keypad, transaction).
-    transactions: HashMap<(String, u8), (tokio::time::Instant, String)>,
+    transactions: HashMap<Exchange, (tokio::time::Instant, String)>,
+    /// Keys the in-memory digests of keypad requests (never stored, never sent).
+    digest_keys: std::collections::hash_map::RandomState,
+    /// When each source last had a `trigger_ignored` event recorded, per alarm state.
+    ignored_triggers: HashMap<String, Timestamp>,
     /// Messages to publish once the current change is durable: (topic, payload, retained).
     outbox: Vec<(String, Vec<u8>, bool)>,
     /// Whether the start-up announcements (panel status to keypads) went out.
@@ -240,8 +257,12 @@ struct Daemon {
 
 impl Daemon {
     async fn on_mqtt(&mut self, event: MqttEvent) {
-        // A deadline that has passed is applied before anything else is decided.
-        self.on_deadline(Timestamp::now()).await;
+        // Deadlines that passed before this arrived are applied before it is decided.
+        let at = match &event {
+            MqttEvent::Message { at, .. } => (*at).max(self.alarm.changed_at),
+            _ => Timestamp::now(),
+        };
+        self.on_deadline(at).await;
         match event {
             MqttEvent::Connected => self.subscribe().await,
             MqttEvent::Subscribed { refused } => {
@@ -255,9 +276,10 @@ impl Daemon {
                 topic,
                 payload,
                 retain,
+                ..
             } => {
                 tracing::debug!(topic, bytes = payload.len(), retain, "message");
-                self.on_message(&topic, &payload, retain).await;
+                self.on_message(&topic, &payload, retain, at).await;
                 self.flush().await;
             }
         }
@@ -300,13 +322,13 @@ impl Daemon {
         self.outbox.push((topic, payload.into(), retain));
     }
 
-    async fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+    async fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool, at: Timestamp) {
         if topic == self.topics.alarm_set {
             if retain {
                 tracing::warn!("ignoring a retained command on {topic}: commands are live exchanges (and a retained code stays on the broker)");
                 return;
             }
-            self.on_alarm_set(payload).await;
+            self.on_alarm_set(payload, at).await;
         } else if topic == self.topics.config_set {
             self.on_config_set(payload).await;
         } else if topic == self.topics.ha_status {
@@ -320,11 +342,11 @@ impl Daemon {
                 tracing::debug!(keypad = keypad.name, "ignoring a retained keypad message");
                 return;
             }
-            self.on_keypad(&keypad, payload).await;
+            self.on_keypad(&keypad, payload, at).await;
         }
     }
 
-    async fn on_keypad(&mut self, keypad: &KeypadConfig, payload: &[u8]) {
+    async fn on_keypad(&mut self, keypad: &KeypadConfig, payload: &[u8], at: Timestamp) {
         let input = match keypad::parse(keypad.protocol, payload) {
             Parsed::Input(input) => input,
             Parsed::Ignore => return,
@@ -339,7 +361,13 @@ impl Daemon {
                 return;
             }
         };
-        let memory_key = input.transaction.map(|t| (keypad.name.clone(), t));
+        // The same transaction with the same action and code is the keypad repeating itself;
+        // a different request that reuses the number is a new exchange.
+        let memory_key = input.transaction.map(|t| Exchange {
+            keypad: keypad.name.clone(),
+            transaction: t,
+            request: self.exchange_digest(&input),
+        });
         if let Some(key) = &memory_key {
             self.transactions
                 .retain(|_, (at, _)| at.elapsed() < TRANSACTION_MEMORY);
@@ -355,16 +383,23 @@ impl Daemon {
         }
         let source = format!("keypad:{}", keypad.name);
         let answer = self
-            .attempt(&source, Request::Keypad(input.action), input.code.clone())
+            .attempt(
+                &source,
+                Request::Keypad(input.action),
+                input.code.clone(),
+                at,
+            )
             .await;
         let (topic, reply) = match keypad.protocol {
-            KeypadProtocol::Zigbee2mqtt => match input.transaction {
-                Some(t) => (
-                    Topics::zigbee2mqtt_set(&keypad.topic),
-                    zigbee2mqtt::reply(t, input.action, answer),
-                ),
-                None => return,
-            },
+            KeypadProtocol::Zigbee2mqtt => {
+                match input
+                    .transaction
+                    .and_then(|t| zigbee2mqtt::reply(t, input.action, answer))
+                {
+                    Some(reply) => (Topics::zigbee2mqtt_set(&keypad.topic), reply),
+                    None => return,
+                }
+            }
             KeypadProtocol::Json | KeypadProtocol::Plain => (
                 self.topics.keypad_result(&keypad.name),
                 json_keypad::reply(answer, self.alarm.state),
@@ -378,7 +413,7 @@ impl Daemon {
         self.publisher.publish(&topic, reply, false).await;
     }
 
-    async fn on_alarm_set(&mut self, payload: &[u8]) {
+    async fn on_alarm_set(&mut self, payload: &[u8], at: Timestamp) {
         if payload.is_empty() {
             return;
         }
@@ -389,14 +424,28 @@ impl Daemon {
                 return;
             }
         };
-        let answer = self.attempt(HOMEASSISTANT, action, code).await;
+        let answer = self.attempt(HOMEASSISTANT, action, code, at).await;
         tracing::debug!(answer = answer.as_str(), "Home Assistant command handled");
     }
 
+    fn exchange_digest(&self, input: &keypad::KeypadInput) -> u64 {
+        use std::hash::BuildHasher;
+        let code = match &input.code {
+            Some(TypedCode::Text(text)) => text.as_str(),
+            Some(TypedCode::NotText) => "\u{0}",
+            None => "",
+        };
+        self.digest_keys.hash_one((input.action.as_str(), code))
+    }
+
     /// One attempt to change the alarm: the lockout, the code, the person's rules, the change.
-    async fn attempt(&mut self, source: &str, request: Request, code: Option<TypedCode>) -> Answer {
-        let now = Timestamp::now();
-        self.on_deadline(now).await;
+    async fn attempt(
+        &mut self,
+        source: &str,
+        request: Request,
+        code: Option<TypedCode>,
+        now: Timestamp,
+    ) -> Answer {
         let command = match request {
             Request::Trigger => {
                 return self
@@ -431,10 +480,11 @@ impl Daemon {
                 return Answer::NotReady;
             }
         }
-        if code.is_none()
-            && matches!(command, Command::Arm(_))
-            && !self.config.alarm.code_arm_required
-        {
+        // Changing the mode of an armed (or arming) alarm passes through a weaker state (an
+        // exit delay, or a mode with fewer zones): it takes a code that may disarm.
+        let lowers_protection = matches!(command, Command::Disarm)
+            || (matches!(command, Command::Arm(_)) && self.alarm.state != AlarmState::Disarmed);
+        if code.is_none() && !lowers_protection && !self.config.alarm.code_arm_required {
             return self.change(command, None, source, request, now).await;
         }
         if let Err(locked) = self.lockouts.check(source, now) {
@@ -453,16 +503,16 @@ impl Daemon {
             // Not the person's fault: refused, but not counted toward the lockout.
             Err(Lookup::Internal) => return Answer::InvalidCode,
         };
-        let what = match command {
-            Command::Disarm => Use::Disarm,
-            _ => Use::Arm,
+        let what = if lowers_protection {
+            Use::Disarm
+        } else {
+            Use::Arm
         };
         if let Err(reason) = user.check(what, now, &self.tz) {
             return self
                 .refuse(source, now, Some((&user, reason.as_str())), "")
                 .await;
         }
-        self.lockouts.record_success(source);
         self.change(command, Some(user), source, request, now).await
     }
 
@@ -581,13 +631,20 @@ impl Daemon {
                     delay_s: self.alarm.seconds_left(now).unwrap_or(0),
                 };
                 change.events.extend(self.transition_events(&transitions));
-                // On disk first (DESIGN 2b); if that fails, nothing happened.
-                if !self.save_state().await || !self.record(change).await {
+                // The alarm state on disk first (DESIGN 2b); if that fails, nothing happened.
+                if !self.save_state().await {
                     (self.alarm, self.attributes, self.last_user, self.notify) = before;
-                    self.save_state().await;
                     return Answer::NotReady;
                 }
-                self.queue_state();
+                // The state is durable now; if the store then fails, the change stands (the
+                // error is logged and the events go out without a log entry).
+                self.record(change).await;
+                if user.is_some() {
+                    // Only a code that changed something clears the failures: a valid code
+                    // typed to no effect must not reset a guesser's count.
+                    self.lockouts.record_success(source);
+                }
+                self.queue_states(&transitions);
                 self.queue_panel_status();
                 Answer::Accepted
             }
@@ -595,11 +652,23 @@ impl Daemon {
             Outcome::AlreadyDisarmed => Answer::AlreadyDisarmed,
             Outcome::NotReady => Answer::NotReady,
             Outcome::TriggerIgnored => {
-                let event = Event::new(EventType::TriggerIgnored, now)
-                    .source(source)
-                    .reason(self.alarm.state.as_str());
-                change.events.push(event);
-                self.record(change).await;
+                // Unauthenticated input: at most one logged event per source every 10 s, so
+                // a flood cannot wear the SD card or push real entries out of the log.
+                let key = format!("{source} {}", self.alarm.state.as_str());
+                let recent = self
+                    .ignored_triggers
+                    .get(&key)
+                    .is_some_and(|last| now.duration_since(*last).as_secs() < 10);
+                if recent {
+                    tracing::debug!(source, "trigger ignored (not logged again)");
+                } else {
+                    self.ignored_triggers.insert(key, now);
+                    let event = Event::new(EventType::TriggerIgnored, now)
+                        .source(source)
+                        .reason(self.alarm.state.as_str());
+                    change.events.push(event);
+                    self.record(change).await;
+                }
                 Answer::Accepted
             }
         };
@@ -645,7 +714,7 @@ impl Daemon {
             ..Change::default()
         })
         .await;
-        self.queue_state();
+        self.queue_states(&transitions);
         self.queue_panel_status();
         self.flush().await;
     }
@@ -706,6 +775,7 @@ impl Daemon {
             return true;
         }
         let users_changed = !change.put_users.is_empty();
+        let events_copy = change.events.clone();
         let store = self.store.clone();
         match blocking(move || store.commit(change)).await {
             Ok(events) => {
@@ -720,9 +790,26 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::error!("cannot record a change in the store: {e}");
+                // What happened is still told, without a place in the log.
+                for event in events_copy {
+                    let topic = self.topics.event.clone();
+                    self.push(topic, event.to_json(), false);
+                }
                 false
             }
         }
+    }
+
+    /// The states passed through (several when deadlines were caught up, e.g. pending,
+    /// triggered, armed after a long stop: a siren automation must see `triggered`), then the
+    /// current state with its attributes.
+    fn queue_states(&mut self, transitions: &[Transition]) {
+        if let Some((_, passed)) = transitions.split_last() {
+            for t in passed {
+                self.push(self.topics.alarm_state.clone(), t.to.as_str(), true);
+            }
+        }
+        self.queue_state();
     }
 
     fn queue_state(&mut self) {
@@ -791,12 +878,24 @@ impl Daemon {
         };
         let store = self.store.clone();
         let id = request.id.clone();
+        let fingerprint = self.keyer.digest(&request.fingerprint_input()).to_hex();
         match blocking(move || store.applied(&id)).await {
-            Ok(Some(mut result)) => {
+            Ok(Some(stored)) => {
+                // Only the very same command gets its result again: the fingerprint is a keyed
+                // digest of its content (codes included), so a different command reusing an
+                // id is refused, and nobody learns a result without knowing the command.
+                if stored["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+                    let error = CommandError::InvalidField(format!(
+                        "the id {:?} was already used for another command; use a new id",
+                        request.id
+                    ));
+                    return admin::failure(&request.partial(), &error);
+                }
                 tracing::info!(
                     id = request.id,
                     "command already applied: re-publishing its result"
                 );
+                let mut result = stored["result"].clone();
                 if let Value::Object(map) = &mut result {
                     map.insert("replayed".into(), json!(true));
                 }
@@ -806,10 +905,13 @@ impl Daemon {
             Err(e) => return admin::failure(&request.partial(), &CommandError::from(e)),
         }
         let outcome = match self.authorise(&request).await {
-            Ok(authority) => self.apply_command(&request, authority).await,
+            Ok(authority) => self.apply_command(&request, authority, fingerprint).await,
             Err(e) => Err(e),
         };
         match outcome {
+            // No success resets the admin channel's failures: they expire with
+            // `lockout.window_s`. Otherwise an admin could alternate guesses of the master's
+            // code (wrong `auth`, `duplicate_code`) with commands of their own, forever.
             Ok(result) => result,
             Err(error) => {
                 if let CommandError::DuplicateCode(_) = error {
@@ -836,6 +938,13 @@ impl Daemon {
     /// Who the command acts for: `auth` checked like a keypad code, against the `admin` lockout.
     async fn authorise(&mut self, request: &admin::Request) -> Result<Authority, CommandError> {
         let now = Timestamp::now();
+        // Every path, `trust_broker` included: `duplicate_code` answers count as failures.
+        if let Err(locked) = self.lockouts.check(admin::SOURCE, now) {
+            return Err(CommandError::LockedOut(format!(
+                "too many wrong codes: commands are refused until {}",
+                locked.until
+            )));
+        }
         let Some(auth) = &request.auth else {
             if self.config.admin.trust_broker {
                 return Ok(Authority::Broker);
@@ -848,18 +957,9 @@ impl Daemon {
                 "`auth` is required: the code of the master or of an admin".into(),
             ));
         };
-        if let Err(locked) = self.lockouts.check(admin::SOURCE, now) {
-            return Err(CommandError::LockedOut(format!(
-                "too many wrong codes: commands are refused until {}",
-                locked.until
-            )));
-        }
         let refused = match self.identify(auth).await {
             Ok(Some(user)) => match user.check(Use::Manage, now, &self.tz) {
-                Ok(()) => {
-                    self.lockouts.record_success(admin::SOURCE);
-                    return Ok(Authority::User(Box::new(user)));
-                }
+                Ok(()) => return Ok(Authority::User(Box::new(user))),
                 Err(reason) => Some((user, reason.as_str())),
             },
             Ok(None) | Err(Lookup::Malformed) => None,
@@ -886,6 +986,7 @@ impl Daemon {
         &mut self,
         request: &admin::Request,
         authority: Authority,
+        fingerprint: String,
     ) -> Result<Value, CommandError> {
         let store = self.store.clone();
         let keyer = self.keyer.clone();
@@ -906,7 +1007,8 @@ impl Daemon {
         let Some(mut change) = applied.change else {
             return Ok(applied.result);
         };
-        change.applied = Some((request.id.clone(), applied.result.clone()));
+        let stored = json!({"fingerprint": fingerprint, "result": applied.result});
+        change.applied = Some((request.id.clone(), stored));
         let store = self.store.clone();
         let events = blocking(move || store.commit(change)).await?;
         tracing::info!(

@@ -27,7 +27,12 @@ const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 /// How many incoming messages may wait for the daemon. Beyond that (a flood, or a slow
 /// Raspberry Pi hashing codes) messages are dropped with a warning rather than blocking the
 /// connection task, which must keep polling so that the daemon's own publishes go out.
-const QUEUE: usize = 1024;
+const QUEUE: usize = 256;
+
+/// Bytes kept of an incoming payload. Nothing the daemon reads is larger than a 64 KiB
+/// command; one byte more is enough for the command parser to answer `payload_too_large`,
+/// and it bounds the queue's memory (256 × 64 KiB) on a small Raspberry Pi.
+const KEPT_PAYLOAD: usize = crate::admin::MAX_PAYLOAD + 1;
 
 /// What the connection task reports.
 #[derive(Debug)]
@@ -38,8 +43,12 @@ pub enum MqttEvent {
     Subscribed { refused: Vec<usize> },
     Message {
         topic: String,
+        /// At most [`KEPT_PAYLOAD`] bytes.
         payload: Vec<u8>,
         retain: bool,
+        /// When the message arrived: a code typed before a deadline counts before it, even
+        /// if the daemon was busy when the deadline passed.
+        at: jiff::Timestamp,
     },
 }
 
@@ -155,13 +164,17 @@ async fn drive(
                 let _ = control.send(MqttEvent::Subscribed { refused });
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let kept = p.payload.len().min(KEPT_PAYLOAD);
                 let event = MqttEvent::Message {
                     topic: p.topic,
-                    payload: p.payload.to_vec(),
+                    payload: p.payload[..kept].to_vec(),
                     retain: p.retain,
+                    at: jiff::Timestamp::now(),
                 };
-                if let Err(mpsc::error::TrySendError::Full(_)) = messages.try_send(event) {
-                    tracing::warn!("too many messages waiting: dropping one");
+                if let Err(mpsc::error::TrySendError::Full(dropped)) = messages.try_send(event) {
+                    if let MqttEvent::Message { topic, .. } = dropped {
+                        tracing::warn!(topic, "too many messages waiting: dropping this one");
+                    }
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,

@@ -627,3 +627,45 @@ fn a_change_is_on_disk_before_its_result_is_published() {
         .wait_for(&w.topic("status"), |m| m.text() == "online");
     assert_eq!(w.json_keypad(json!({"code": "5444"}))["result"], "accepted");
 }
+
+#[test]
+fn an_id_reused_for_a_different_command_is_refused_not_replayed() {
+    let w = World::start(|_| {});
+    ok(&add(&w, "o1", json!({"name": "Bob", "code": "2468"})));
+    let first = w.command(json!({"id": "reset-bob", "auth": "1234", "command": "set_code", "user": "Bob", "code": "5556"}));
+    ok(&first);
+    let again = w.command(json!({"id": "reset-bob", "auth": "1234", "command": "set_code", "user": "Bob", "code": "5556"}));
+    assert_eq!(again["replayed"], true);
+    // Same id, another code: not "ok", and the new code is not silently ignored.
+    let other = w.command(json!({"id": "reset-bob", "auth": "1234", "command": "set_code", "user": "Bob", "code": "5557"}));
+    assert_eq!(error_kind(&other), "invalid_field");
+    // Someone without the command's content learns nothing from the id.
+    let probe = w.command(json!({"id": "reset-bob", "command": "delete_user", "user": "Bob"}));
+    assert_eq!(error_kind(&probe), "invalid_field");
+    assert!(probe.get("user").is_none());
+    assert_eq!(w.json_keypad(json!({"code": "5556"}))["result"], "accepted");
+}
+
+#[test]
+fn an_admin_cannot_reset_the_admin_lockout_with_commands_of_their_own() {
+    let w = World::start(|_| {});
+    ok(&add(
+        &w,
+        "p0",
+        json!({"name": "Bob", "role": "admin", "code": "2468"}),
+    ));
+    for round in 0..2 {
+        for i in 0..2 {
+            let r = w.command(json!({"id": format!("p{round}{i}"), "auth": format!("11{round}{i}"), "command": "list_users"}));
+            assert_eq!(error_kind(&r), "unauthorized");
+        }
+        let r = w
+            .command(json!({"id": format!("p{round}ok"), "auth": "2468", "command": "list_users"}));
+        if round == 0 {
+            assert_eq!(r["ok"], true, "{r}");
+        } else {
+            assert_eq!(error_kind(&r), "locked_out");
+        }
+    }
+    assert_eq!(w.wait_event("lockout")["source"], "admin");
+}

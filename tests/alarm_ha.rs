@@ -517,3 +517,48 @@ fn discovery_follows_the_configured_modes_and_can_be_turned_off() {
     let prefix = format!("{}-ha/", w.site.base);
     assert!(w.probe.all().iter().all(|m| !m.topic.starts_with(&prefix)));
 }
+
+#[test]
+fn changing_the_mode_of_an_armed_alarm_takes_a_code_that_may_disarm() {
+    let w = World::start(|s| {
+        s.set("alarm.exit_delay_s.armed_away", json!(30));
+        s.set("alarm.code_arm_required", json!(false));
+    });
+    w.add_user("Cleaner", "arm_only", "1357");
+    ha(&w, r#"{"action":"ARM_HOME","code":"None"}"#);
+    w.wait_state("armed_home");
+    // The cleaner's code, or no code at all, cannot move an armed alarm into an exit delay.
+    assert_eq!(
+        w.json_keypad(json!({"code": "1357", "action": "arm_away"}))["result"],
+        "invalid_code"
+    );
+    assert_eq!(w.wait_event("denied")["reason"], "not_permitted");
+    ha(&w, r#"{"action":"ARM_AWAY","code":"None"}"#);
+    assert_eq!(w.wait_event("invalid_code")["reason"], "no_code");
+    w.probe.drain();
+    w.probe
+        .assert_silent(&w.topic("alarm/state"), Duration::from_millis(300));
+    // Someone who may disarm can change the mode.
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["state"],
+        "arming"
+    );
+}
+
+#[test]
+fn a_flood_of_ignored_triggers_is_logged_once() {
+    let w = World::start(|_| {});
+    for _ in 0..20 {
+        ha(&w, "TRIGGER");
+    }
+    w.wait_event("trigger_ignored");
+    ha(&w, r#"{"action":"DISARM","code":"0000"}"#);
+    w.wait_event("invalid_code");
+    let ignored = w
+        .probe
+        .all()
+        .iter()
+        .filter(|m| m.topic == w.topic("event") && m.json()["event_type"] == "trigger_ignored")
+        .count();
+    assert_eq!(ignored, 1);
+}

@@ -343,3 +343,34 @@ fn a_locked_out_json_keypad_is_told_locked_out_without_any_hashing() {
     );
     daemon.stop();
 }
+
+#[test]
+fn a_valid_code_that_changes_nothing_does_not_reset_the_count_of_wrong_codes() {
+    let w = World::start(|_| {});
+    for t in 1..=3u8 {
+        let msg = json!({"action": "disarm", "action_code": "9999", "action_transaction": t});
+        w.probe.publish_json(&w.site.z2m_topic(), &msg);
+        assert_eq!(w.hall_reply()["arm_mode"]["mode"], "invalid_code");
+    }
+    // A right code while already disarmed: nothing happens, and the count stays.
+    let msg = json!({"action": "disarm", "action_code": "1234", "action_transaction": 4});
+    w.probe.publish_json(&w.site.z2m_topic(), &msg);
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "already_disarmed");
+    let msg = json!({"action": "disarm", "action_code": "9998", "action_transaction": 5});
+    w.probe.publish_json(&w.site.z2m_topic(), &msg);
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "invalid_code");
+    assert_eq!(w.wait_event("lockout")["source"], "keypad:hall");
+}
+
+#[test]
+fn a_new_request_reusing_a_transaction_number_is_a_new_exchange() {
+    let w = World::start(|_| {});
+    let wrong = json!({"action": "arm_all_zones", "action_code": "9999", "action_transaction": 7});
+    w.probe.publish_json(&w.site.z2m_topic(), &wrong);
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "invalid_code");
+    // The owner types the right code; the keypad happens to reuse number 7.
+    let right = json!({"action": "arm_all_zones", "action_code": "1234", "action_transaction": 7});
+    w.probe.publish_json(&w.site.z2m_topic(), &right);
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "arm_all_zones");
+    w.wait_state("armed_away");
+}

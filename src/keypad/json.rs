@@ -26,10 +26,12 @@ pub fn parse(payload: &[u8]) -> Parsed {
         Some(Value::String(s)) => match action_from_str(s) {
             Some(action) => action,
             None => {
+                // Not echoed: a misconfigured keypad may put the code there.
                 return Parsed::Invalid(format!(
-                    "unknown action {s:?}; use one of disarm, arm_away, arm_home, arm_night, \
-                     arm_vacation, toggle, panic"
-                ))
+                    "unknown action ({} characters); use one of disarm, arm_away, arm_home, \
+                     arm_night, arm_vacation, toggle, panic",
+                    s.chars().count()
+                ));
             }
         },
         Some(_) => return Parsed::Invalid("`action` must be a string".into()),

@@ -48,20 +48,20 @@ fn code(map: &Map<String, Value>) -> Option<TypedCode> {
     }
 }
 
-/// The `arm_mode` reply to an entry with a transaction.
-pub fn reply(transaction: u8, action: KeypadAction, answer: Answer) -> String {
+/// The `arm_mode` reply to an entry with a transaction; none for a panic (the keypad learns
+/// the new state, `in_alarm`, from the panel status).
+pub fn reply(transaction: u8, action: KeypadAction, answer: Answer) -> Option<String> {
     let mode = match answer {
         Answer::Accepted => match action {
             KeypadAction::Disarm => "disarm",
             KeypadAction::Arm(mode) => arm_mode_word(mode),
-            // A keypad never sends toggle or panic with a transaction to acknowledge.
-            KeypadAction::Toggle | KeypadAction::Panic => "disarm",
+            KeypadAction::Toggle | KeypadAction::Panic => return None,
         },
         Answer::InvalidCode | Answer::LockedOut => "invalid_code",
         Answer::AlreadyDisarmed => "already_disarmed",
         Answer::NotReady => "not_ready",
     };
-    json!({"arm_mode": {"transaction": transaction, "mode": mode}}).to_string()
+    Some(json!({"arm_mode": {"transaction": transaction, "mode": mode}}).to_string())
 }
 
 fn arm_mode_word(mode: ArmMode) -> &'static str {
@@ -152,27 +152,27 @@ mod tests {
     fn replies_echo_the_action_or_name_the_refusal() {
         let arm = |m| KeypadAction::Arm(m);
         assert_eq!(
-            reply(9, arm(ArmMode::ArmedHome), Answer::Accepted),
+            reply(9, arm(ArmMode::ArmedHome), Answer::Accepted).unwrap(),
             r#"{"arm_mode":{"mode":"arm_day_zones","transaction":9}}"#
         );
         assert_eq!(
-            reply(9, arm(ArmMode::ArmedNight), Answer::Accepted),
+            reply(9, arm(ArmMode::ArmedNight), Answer::Accepted).unwrap(),
             r#"{"arm_mode":{"mode":"arm_night_zones","transaction":9}}"#
         );
         assert_eq!(
-            reply(9, KeypadAction::Disarm, Answer::Accepted),
+            reply(9, KeypadAction::Disarm, Answer::Accepted).unwrap(),
             r#"{"arm_mode":{"mode":"disarm","transaction":9}}"#
         );
         assert_eq!(
-            reply(9, KeypadAction::Disarm, Answer::LockedOut),
+            reply(9, KeypadAction::Disarm, Answer::LockedOut).unwrap(),
             r#"{"arm_mode":{"mode":"invalid_code","transaction":9}}"#
         );
         assert_eq!(
-            reply(9, KeypadAction::Disarm, Answer::AlreadyDisarmed),
+            reply(9, KeypadAction::Disarm, Answer::AlreadyDisarmed).unwrap(),
             r#"{"arm_mode":{"mode":"already_disarmed","transaction":9}}"#
         );
         assert_eq!(
-            reply(9, arm(ArmMode::ArmedAway), Answer::NotReady),
+            reply(9, arm(ArmMode::ArmedAway), Answer::NotReady).unwrap(),
             r#"{"arm_mode":{"mode":"not_ready","transaction":9}}"#
         );
     }
