@@ -171,10 +171,10 @@ async fn drive(
                     retain: p.retain,
                     at: jiff::Timestamp::now(),
                 };
-                if let Err(mpsc::error::TrySendError::Full(dropped)) = messages.try_send(event) {
-                    if let MqttEvent::Message { topic, .. } = dropped {
-                        tracing::warn!(topic, "too many messages waiting: dropping this one");
-                    }
+                if let Err(mpsc::error::TrySendError::Full(MqttEvent::Message { topic, .. })) =
+                    messages.try_send(event)
+                {
+                    tracing::warn!(topic, "too many messages waiting: dropping this one");
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
