@@ -669,3 +669,26 @@ fn an_admin_cannot_reset_the_admin_lockout_with_commands_of_their_own() {
     }
     assert_eq!(w.wait_event("lockout")["source"], "admin");
 }
+
+#[test]
+fn the_master_cannot_demote_itself() {
+    let w = World::start(|_| {});
+    let r = w.command(json!({"id": "d1", "auth": "1234", "command": "update_user", "user": "Alice", "role": "user"}));
+    assert_eq!(r["error"]["kind"], "forbidden", "{r}");
+    let r = w.command(json!({"id": "d2", "auth": "1234", "command": "list_users"}));
+    assert_eq!(r["users"][0]["role"], "master", "{r}");
+}
+
+#[test]
+fn setting_a_users_own_current_code_again_is_not_a_duplicate() {
+    let w = World::start(|_| {});
+    w.add_user("Bob", "user", "2468");
+    let r = w.command(
+        json!({"id": "s1", "auth": "1234", "command": "set_code", "user": "Bob", "code": "2468"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        w.json_keypad(json!({"code": "2468", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+}

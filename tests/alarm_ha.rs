@@ -562,3 +562,53 @@ fn a_flood_of_ignored_triggers_is_logged_once() {
         .count();
     assert_eq!(ignored, 1);
 }
+
+#[test]
+fn arming_with_a_duress_code_raises_no_duress_event() {
+    let w = World::start(|_| {});
+    w.add_user("Bob2", "duress", "4712");
+    assert_eq!(
+        w.json_keypad(json!({"code": "4712", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(w
+        .probe
+        .all()
+        .iter()
+        .any(|m| m.topic == w.topic("event") && m.json()["user"] == "Bob2"));
+    let n = w
+        .probe
+        .all()
+        .iter()
+        .filter(|m| m.topic == w.topic("event") && m.json()["event_type"] == "duress")
+        .count();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn a_mode_that_alarm_modes_does_not_list_is_refused() {
+    let w = World::start(|s| {
+        s.set("alarm.modes", json!(["armed_away", "armed_home"]));
+    });
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_night"}))["result"],
+        "not_ready"
+    );
+    assert_eq!(w.state(), "disarmed");
+}
+
+#[test]
+fn state_events_carry_the_notify_of_the_person_who_changed_it() {
+    let w = World::start(|s| {
+        s.set("alarm.exit_delay_s.armed_away", json!(1));
+    });
+    let r = w.command(json!({"id": "n1", "auth": "1234", "command": "add_user", "name": "Bob", "code": "2468", "notify": "mobile_app_bob"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        w.json_keypad(json!({"code": "2468", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+    let armed = w.wait_event("armed_away");
+    assert_eq!(armed["notify"], "mobile_app_bob", "{armed}");
+}

@@ -204,3 +204,28 @@ fn with_no_arguments_the_binary_runs_the_daemon_with_the_config_from_the_environ
     assert!(online.is_some(), "the daemon did not come online");
     assert!(status.success());
 }
+
+#[test]
+fn an_unreadable_json_keypad_message_is_answered_and_changes_nothing() {
+    let w = World::start(|_| {});
+    w.wait_state("disarmed");
+    for junk in [
+        &b"{\"code\": \"1234\""[..],
+        b"[1,2]",
+        &[0xff, 0xfe][..],
+        b"{\"action\": \"open\"}",
+    ] {
+        w.probe.publish(&w.site.json_topic(), junk.to_vec(), false);
+        let reply = w.probe.next(&w.topic("keypad/front/result")).json();
+        assert_eq!(reply["result"], "invalid_request");
+        assert_eq!(reply["state"], "disarmed");
+        assert!(
+            reply["message"]
+                .as_str()
+                .is_some_and(|m| !m.contains("1234")),
+            "{reply}"
+        );
+    }
+    w.probe
+        .assert_silent(&w.topic("event"), Duration::from_millis(300));
+}

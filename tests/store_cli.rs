@@ -386,3 +386,32 @@ fn the_activity_log_keeps_the_newest_max_entries() {
         "the oldest entries are gone: {out}"
     );
 }
+
+#[test]
+fn the_running_daemon_keeps_at_most_max_entries() {
+    let w = World::start(|s| {
+        s.set("activity.max_entries", json!(5));
+    });
+    for _ in 0..4 {
+        w.json_keypad(json!({"code": "0000"}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = w.command(json!({"id": "act", "auth": "1234", "command": "activity", "limit": 100}));
+    assert_eq!(r["entries"].as_array().unwrap().len(), 5, "{r}");
+}
+
+#[test]
+fn lowering_max_entries_trims_the_log_at_the_next_open() {
+    let mut w = World::start(|_| {});
+    for _ in 0..3 {
+        w.json_keypad(json!({"code": "0000"}));
+    }
+    assert!(w.daemon.stop());
+    let (ok, out, err) = w.site.cli(&["activity", "--limit", "100"], "");
+    assert!(ok, "{err}");
+    assert!(out.lines().count() > 3, "{out}");
+    w.site.set("activity.max_entries", json!(3));
+    let (ok, out, err) = w.site.cli(&["activity", "--limit", "100"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+}

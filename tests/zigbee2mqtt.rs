@@ -374,3 +374,52 @@ fn a_new_request_reusing_a_transaction_number_is_a_new_exchange() {
     assert_eq!(w.hall_reply()["arm_mode"]["mode"], "arm_all_zones");
     w.wait_state("armed_away");
 }
+
+#[test]
+fn a_repeat_five_seconds_later_is_still_the_same_exchange() {
+    let w = World::start(|_| {});
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+    w.wait_state("armed_away");
+    w.hall("kepzb-110__disarm");
+    let first = w.hall_reply();
+    assert_eq!(first["arm_mode"]["mode"], "disarm");
+    w.wait_state("disarmed");
+    std::thread::sleep(Duration::from_secs(5));
+    w.probe.drain();
+    w.hall("kepzb-110__disarm");
+    assert_eq!(w.hall_reply(), first);
+}
+
+#[test]
+fn the_panel_status_follows_the_end_of_the_exit_delay() {
+    let w = World::start(|s| {
+        s.set("alarm.exit_delay_s.armed_away", json!(1));
+    });
+    assert_eq!(w.hall_status()["arm_mode"]["mode"], "disarm");
+    w.hall("kepzb-110__arm_all_zones");
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "arm_all_zones");
+    assert_eq!(w.hall_status()["arm_mode"]["mode"], "exit_delay");
+    w.wait_state("armed_away");
+    assert_eq!(
+        w.hall_status(),
+        json!({"arm_mode": {"mode": "arm_all_zones"}})
+    );
+}
+
+#[test]
+fn malformed_codes_count_toward_the_lockout_and_are_logged() {
+    let w = World::start(|_| {});
+    for _ in 0..4 {
+        assert_eq!(
+            w.json_keypad(json!({"code": "1", "action": "arm_away"}))["result"],
+            "invalid_code"
+        );
+    }
+    let ev = w.wait_event("invalid_code");
+    assert_eq!(ev["reason"], "malformed_code", "{ev}");
+    let r = w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
+    assert_eq!(r["result"], "locked_out", "{r}");
+}

@@ -18,7 +18,7 @@ pub fn parse(payload: &[u8]) -> Parsed {
     };
     let Value::Object(map) = value else {
         return Parsed::Invalid(
-            "the message must be a JSON object like {\"code\": \"1234\"}".into(),
+            "the message must be a JSON object like {\"code\": \"<digits>\", \"action\": \"arm_away\"}".into(),
         );
     };
     let action = match map.get("action") {

@@ -34,6 +34,14 @@ mod tests {
     }
 
     #[test]
+    fn a_windows_line_ending_is_dropped_too() {
+        let Parsed::Input(input) = parse(b"0042\r\n") else {
+            panic!()
+        };
+        assert_eq!(input.code, Some(TypedCode::Text("0042".into())));
+    }
+
+    #[test]
     fn invalid_utf8_is_a_malformed_code_and_empty_is_ignored() {
         let Parsed::Input(input) = parse(&[0xff, 0x31]) else {
             panic!()
