@@ -288,18 +288,23 @@ fn a_retained_home_assistant_command_is_never_applied() {
     w.probe.publish(&w.topic("alarm/set"), Vec::new(), true);
 }
 
+/// Writes an unreadable record under `key` in one of the store's trees (daemon stopped).
+fn damage(site: &Site, tree: &str, key: &str) {
+    let db = sled::open(site.store_dir().join("db")).unwrap();
+    db.open_tree(tree)
+        .unwrap()
+        .insert(key, &b"{not json"[..])
+        .unwrap();
+    db.flush().unwrap();
+}
+
 #[test]
 fn a_store_failure_is_an_internal_error_and_adds_nobody() {
     let broker = Broker::start();
     let site = Site::new(broker.port);
     site.init("Alice", "1234");
     // Damage the stored result of command x1 behind the daemon's back.
-    {
-        let db = sled::open(site.store_dir().join("db")).unwrap();
-        let applied = db.open_tree("applied").unwrap();
-        applied.insert("x1", &b"{not json"[..]).unwrap();
-        db.flush().unwrap();
-    }
+    damage(&site, "applied", "x1");
     let probe = Probe::connect(broker.port, &["#"]);
     let mut daemon = site.start();
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
@@ -323,12 +328,7 @@ fn a_damaged_user_record_stops_the_daemon_instead_of_losing_people() {
     let broker = Broker::start();
     let site = Site::new(broker.port);
     site.init("Alice", "1234");
-    {
-        let db = sled::open(site.store_dir().join("db")).unwrap();
-        let users = db.open_tree("users").unwrap();
-        users.insert("u_broken", &b"{not json"[..]).unwrap();
-        db.flush().unwrap();
-    }
+    damage(&site, "users", "u_broken");
     let mut daemon = site.start();
     assert!(!wait_exit(&mut daemon).success());
     assert!(
