@@ -37,7 +37,9 @@ const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
 const HOMEASSISTANT: &str = "homeassistant";
 
 /// What `B/alarm/attributes` says about the last change, kept with the alarm state.
+/// Every field has a default: a damaged or older description never stops the daemon.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Attributes {
     pub user: Option<String>,
     pub user_id: Option<String>,
