@@ -144,6 +144,7 @@ pub async fn run_with_store(
             .iter()
             .map(|k| (k.topic.clone(), k.clone()))
             .collect(),
+        zigbee2mqtt_bridges: zigbee2mqtt_bridges(&config),
         config,
         topics,
         store,
@@ -245,6 +246,10 @@ struct Daemon {
     tz: TimeZone,
     /// Keypad topic → keypad.
     keypads: HashMap<String, KeypadConfig>,
+    /// `<base>/bridge/state` of each Zigbee2MQTT instance with a keypad: when it comes back
+    /// online, the keypads get the panel status again (Linkind and Hive keypads blink an
+    /// error until they do; Zigbee2MQTT issues #6242, #8997).
+    zigbee2mqtt_bridges: Vec<String>,
     /// Replies sent to Zigbee2MQTT keypads, by (keypad, transaction).
     transactions: HashMap<Exchange, (tokio::time::Instant, String)>,
     /// Keys the in-memory digests of keypad requests (never stored, never sent).
@@ -296,6 +301,7 @@ impl Daemon {
             topics.push(self.topics.ha_status.clone());
         }
         topics.extend(self.config.keypads.iter().map(|k| k.topic.clone()));
+        topics.extend(self.zigbee2mqtt_bridges.iter().cloned());
         self.publisher.subscribe(&topics).await;
         self.subscriptions = topics;
     }
@@ -337,6 +343,11 @@ impl Daemon {
             if payload == b"online" {
                 tracing::info!("Home Assistant is online: publishing discovery");
                 self.queue_discovery();
+            }
+        } else if self.zigbee2mqtt_bridges.iter().any(|t| t == topic) {
+            if zigbee2mqtt::bridge_online(payload) {
+                tracing::info!(topic, "Zigbee2MQTT is online: sending the panel status");
+                self.queue_panel_status();
             }
         } else if let Some(keypad) = self.keypads.get(topic).cloned() {
             if retain {
@@ -1036,6 +1047,22 @@ where
         Ok(result) => result,
         Err(e) => Err(E::from(crate::store::StoreError::Task(e.to_string()))),
     }
+}
+
+/// The bridge-state topic of every Zigbee2MQTT instance that has a keypad, taking the first
+/// level of the keypad's topic as Zigbee2MQTT's base topic (`zigbee2mqtt/Hall keypad` →
+/// `zigbee2mqtt/bridge/state`).
+fn zigbee2mqtt_bridges(config: &Config) -> Vec<String> {
+    let mut bridges: Vec<String> = config
+        .keypads
+        .iter()
+        .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt)
+        .filter_map(|k| k.topic.split('/').next())
+        .map(|base| format!("{base}/bridge/state"))
+        .collect();
+    bridges.sort();
+    bridges.dedup();
+    bridges
 }
 
 /// Reads `B/alarm/set`: `{"action": "DISARM", "code": "1234"}` or the bare action.

@@ -409,3 +409,29 @@ fn malformed_codes_count_toward_the_lockout_and_are_logged() {
     let r = w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
     assert_eq!(r["result"], "locked_out", "{r}");
 }
+
+#[test]
+fn when_zigbee2mqtt_comes_back_online_the_keypads_get_the_panel_status_again() {
+    let w = World::start(|_| {});
+    assert_eq!(w.hall_status(), json!({"arm_mode": {"mode": "disarm"}}));
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_home"}))["result"],
+        "accepted"
+    );
+    assert_eq!(
+        w.hall_status(),
+        json!({"arm_mode": {"mode": "arm_day_zones"}})
+    );
+    let bridge = format!("{}-z2m/bridge/state", w.site.base);
+    w.probe.publish(&bridge, r#"{"state":"offline"}"#, false);
+    w.probe.publish(&bridge, r#"{"state":"online"}"#, false);
+    assert_eq!(
+        w.hall_status(),
+        json!({"arm_mode": {"mode": "arm_day_zones"}})
+    );
+    w.probe.drain();
+    w.probe.assert_silent(
+        &format!("{}/set", w.site.z2m_topic()),
+        Duration::from_millis(300),
+    );
+}

@@ -93,9 +93,28 @@ pub fn panel_status(state: AlarmState, seconds_left: Option<u64>) -> String {
     }
 }
 
+/// Whether a `<base>/bridge/state` message says Zigbee2MQTT is online: `{"state":"online"}`
+/// (Zigbee2MQTT 2) or the bare `online` (1.x).
+pub fn bridge_online(payload: &[u8]) -> bool {
+    if payload == b"online" {
+        return true;
+    }
+    serde_json::from_slice::<Value>(payload)
+        .is_ok_and(|v| v.get("state").and_then(Value::as_str) == Some("online"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_forms_of_the_bridge_state_are_understood() {
+        assert!(bridge_online(br#"{"state":"online"}"#));
+        assert!(bridge_online(b"online"));
+        assert!(!bridge_online(br#"{"state":"offline"}"#));
+        assert!(!bridge_online(b"offline"));
+        assert!(!bridge_online(&[0xff]));
+    }
 
     #[test]
     fn panel_status_maps_every_alarm_state_to_a_keypad_mode() {
