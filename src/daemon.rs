@@ -35,6 +35,8 @@ use crate::users::{Role, Use, User};
 /// that got no reply, and the repeat must not be applied twice.
 const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
 const HOMEASSISTANT: &str = "homeassistant";
+/// The `meta` key of the lockout counts.
+const LOCKOUTS: &str = "lockouts";
 
 /// What `B/alarm/attributes` says about the last change, kept with the alarm state.
 /// Every field has a default: a damaged or older description never stops the daemon.
@@ -131,12 +133,14 @@ pub async fn run_with_store(
         a.trigger_time_s,
     );
     let l = &config.lockout;
-    let lockouts = Lockouts::new(LockoutRules {
+    let rules = LockoutRules {
         max_failures: l.max_failures,
         window_s: l.window_s,
         duration_s: l.duration_s,
         max_duration_s: l.max_duration_s,
-    });
+    };
+    // A lockout survives a restart: cutting the power must not give a guesser a fresh count.
+    let lockouts = Lockouts::restore(rules, store.meta(LOCKOUTS)?.as_deref());
     let keyer = store.keyer().clone();
     let mut daemon = Daemon {
         keypads: config
@@ -581,6 +585,7 @@ impl Daemon {
         events.extend(self.count_failure(source, now));
         self.record(Change {
             events,
+            meta: vec![(LOCKOUTS, self.lockouts.to_json())],
             ..Change::default()
         })
         .await;
@@ -651,12 +656,13 @@ impl Daemon {
                 }
                 // The state is durable now; if the store then fails, the change stands (the
                 // error is logged and the events go out without a log entry).
-                self.record(change).await;
                 if user.is_some() {
                     // Only a code that changed something clears the failures: a valid code
                     // typed to no effect must not reset a guesser's count.
                     self.lockouts.record_success(source);
+                    change.meta.push((LOCKOUTS, self.lockouts.to_json()));
                 }
+                self.record(change).await;
                 self.queue_states(&transitions);
                 self.queue_panel_status();
                 Answer::Accepted
@@ -784,7 +790,7 @@ impl Daemon {
     /// Commits a change durably, then queues its events (and the roster, when a user
     /// changed). False when the store refused it: nothing may be acknowledged then.
     async fn record(&mut self, change: Change) -> bool {
-        if change.events.is_empty() && change.put_users.is_empty() {
+        if change.events.is_empty() && change.put_users.is_empty() && change.meta.is_empty() {
             return true;
         }
         let users_changed = !change.put_users.is_empty();
@@ -933,6 +939,7 @@ impl Daemon {
                     let lockout = self.count_failure(admin::SOURCE, Timestamp::now());
                     self.record(Change {
                         events: lockout.into_iter().collect(),
+                        meta: vec![(LOCKOUTS, self.lockouts.to_json())],
                         ..Change::default()
                     })
                     .await;

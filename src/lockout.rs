@@ -1,11 +1,13 @@
 //! Per-source lockout after repeated wrong codes (DESIGN.md section 4, "Lockout"). A source is
-//! a string such as `keypad:hall`, `homeassistant` or `admin`; each counts on its own. Pure and in
-//! memory: time is passed in, and the daemon asks [`Lockouts::check`] before hashing a code so a
-//! locked source costs no Argon2 work.
+//! a string such as `keypad:hall`, `homeassistant` or `admin`; each counts on its own. Pure: time
+//! is passed in, and the daemon asks [`Lockouts::check`] before hashing a code so a locked source
+//! costs no Argon2 work. The daemon keeps a snapshot ([`Lockouts::to_json`]) in the store, so
+//! cutting the power does not lift a lockout.
 
 use std::collections::{HashMap, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 
 /// The `lockout:` config section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,7 @@ pub struct Lockouts {
     sources: HashMap<String, Source>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Source {
     /// Recent failures, oldest first; never more than `max_failures`.
     failures: VecDeque<Timestamp>,
@@ -46,6 +48,20 @@ impl Lockouts {
             rules,
             sources: HashMap::new(),
         }
+    }
+
+    /// The counts and locks, to be kept across restarts.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.sources).unwrap_or_default()
+    }
+
+    /// Counts and locks saved by [`Lockouts::to_json`]; an unreadable snapshot starts afresh
+    /// (nothing in it is worth refusing to start over).
+    pub fn restore(rules: LockoutRules, saved: Option<&[u8]>) -> Lockouts {
+        let sources = saved
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .unwrap_or_default();
+        Lockouts { rules, sources }
     }
 
     /// `Err` while `source` is locked: the caller refuses the attempt without hashing the code.
@@ -126,6 +142,32 @@ fn after(at: Timestamp, secs: u64) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lockout_survives_a_snapshot_and_restore() {
+        let rules = LockoutRules {
+            max_failures: 4,
+            window_s: 600,
+            duration_s: 90,
+            max_duration_s: 3600,
+        };
+        let t0: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let mut l = Lockouts::new(rules);
+        for _ in 0..4 {
+            l.record_failure("keypad:hall", t0);
+        }
+        let mut back = Lockouts::restore(rules, Some(&l.to_json()));
+        assert!(back.check("keypad:hall", t0).is_err());
+        // The doubling is kept too: the next lockout lasts 180 s.
+        let t1 = after(t0, 100);
+        let locked = (0..4)
+            .filter_map(|_| back.record_failure("keypad:hall", t1))
+            .last();
+        assert_eq!(locked.map(|l| l.until), Some(after(t1, 180)));
+        assert!(Lockouts::restore(rules, Some(b"garbage"))
+            .check("keypad:hall", t0)
+            .is_ok());
+    }
 
     const HALL: &str = "keypad:hall";
 

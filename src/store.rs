@@ -7,7 +7,7 @@
 //! | `users`    | user id (UTF-8)            | [`User`] as JSON (no code, only its lookup key) |
 //! | `codes`    | lookup key (32 bytes)      | user id                                 |
 //! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
-//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved` | site values |
+//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts` | site values |
 //! | `applied`  | command id (UTF-8)         | the result published for it (idempotency) |
 //!
 //! A code check is one Argon2id computation ([`LookupKeyer::key`]) and one `codes` lookup.
@@ -93,6 +93,8 @@ pub struct Change {
     pub events: Vec<Event>,
     /// The result of an applied command, kept under its id.
     pub applied: Option<(String, serde_json::Value)>,
+    /// Site values to keep in `meta` (e.g. the lockout counts).
+    pub meta: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Change {
@@ -238,6 +240,11 @@ impl Store {
         }
     }
 
+    /// A site value kept by a [`Change`]'s `meta`.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
     pub fn code_taken(&self, key: &LookupKey) -> Result<bool, StoreError> {
         Ok(self.codes.contains_key(key.0)?)
     }
@@ -345,6 +352,9 @@ impl Store {
                 tm.insert("next_seq", &seq.to_be_bytes())?;
                 if let Some((id, bytes)) = &applied {
                     tapp.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for (key, bytes) in &change.meta {
+                    tm.insert(*key, bytes.as_slice())?;
                 }
                 Ok::<_, ConflictableTransactionError<()>>(events)
             });

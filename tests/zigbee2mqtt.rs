@@ -435,3 +435,27 @@ fn when_zigbee2mqtt_comes_back_online_the_keypads_get_the_panel_status_again() {
         Duration::from_millis(300),
     );
 }
+
+#[test]
+fn cutting_the_power_does_not_lift_a_lockout() {
+    let mut w = World::start(|_| {});
+    for t in 1..=4u8 {
+        let msg = json!({"action": "disarm", "action_code": "9999", "action_transaction": t});
+        w.probe.publish_json(&w.site.z2m_topic(), &msg);
+        assert_eq!(w.hall_reply()["arm_mode"]["mode"], "invalid_code");
+    }
+    w.wait_event("lockout");
+    w.daemon.kill();
+    w.probe.drain();
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    // Still locked after the restart: even the right code is refused.
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+    let msg = json!({"action": "arm_all_zones", "action_code": "1234", "action_transaction": 9});
+    w.probe.publish_json(&w.site.z2m_topic(), &msg);
+    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "invalid_code");
+}
