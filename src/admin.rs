@@ -112,11 +112,6 @@ impl Request {
         serde_json::to_vec(&json!({"command": self.command, "fields": self.fields}))
             .unwrap_or_default()
     }
-
-    /// Read-only commands are not recorded for idempotency.
-    pub fn changes_something(&self) -> bool {
-        !matches!(self.command.as_str(), "list_users" | "activity")
-    }
 }
 
 /// What `id` and `command` a failed payload had, for its result.
