@@ -112,6 +112,14 @@ impl Request {
         serde_json::to_vec(&json!({"command": self.command, "fields": self.fields}))
             .unwrap_or_default()
     }
+
+    /// The `id` and `command` for a failure result.
+    pub fn partial(&self) -> Partial {
+        Partial {
+            id: Some(self.id.clone()),
+            command: Some(self.command.clone()),
+        }
+    }
 }
 
 /// What `id` and `command` a failed payload had, for its result.
@@ -266,15 +274,6 @@ pub fn failure(partial: &Partial, error: &CommandError) -> Value {
         "command": partial.command,
         "error": {"kind": error.kind(), "message": error.to_string()},
     })
-}
-
-impl Request {
-    pub fn partial(&self) -> Partial {
-        Partial {
-            id: Some(self.id.clone()),
-            command: Some(self.command.clone()),
-        }
-    }
 }
 
 /// Decides `request` on `authority`'s behalf. Blocking (reads the store, may hash a new code).
