@@ -309,7 +309,8 @@ pub fn apply(
         "activity" => activity(ctx, request, &mut f)?,
         other => {
             return Err(CommandError::UnknownCommand(format!(
-                "unknown command {other:?}"
+                "unknown command ({} characters)",
+                other.chars().count()
             )))
         }
     };
@@ -356,11 +357,6 @@ fn add_user(
         if authority.is_admin() {
             return Err(CommandError::Forbidden(
                 "an admin cannot create a master".into(),
-            ));
-        }
-        if rules.any_set() {
-            return Err(CommandError::InvalidField(
-                "the master's code cannot have validity rules".into(),
             ));
         }
         if code.is_none() {

@@ -50,8 +50,8 @@ pub fn init(
     read: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<User> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 64 {
-        bail!("--name must be 1 to 64 characters");
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        bail!("--name must be 1 to 64 characters, without control characters");
     }
     // Nothing is created until the code has been read and checked: an interrupted `init`
     // must not leave a store without a master behind.

@@ -146,8 +146,8 @@ impl LookupKeyer {
 
     fn raw(&self, pwd: &[u8]) -> LookupKey {
         let mut out = [0u8; LOOKUP_KEY_LEN];
-        // The parameters, salt and secret were validated in `new`, and the code is at most a
-        // few bytes long, so hashing cannot fail; a failure would be a bug in argon2.
+        // The parameters and secret were validated in `new`, the store checks the salt's
+        // length when it opens, and a code is a few bytes long: hashing cannot fail.
         Argon2::new_with_secret(
             &self.secret,
             Algorithm::Argon2id,

@@ -2,9 +2,13 @@
 //! message at a time (no locks).
 //!
 //! Inputs arrive from the MQTT connection task ([`crate::mqtt`]) and from the alarm's own
-//! deadline (timers are data: the loop sleeps until [`Alarm::next_deadline`]). Every change is
-//! made durable (state file, then store commit) before anything is published about it; what
-//! a handler wants to publish is collected in an outbox and sent afterwards, keypad reply first.
+//! deadline (timers are data: the loop sleeps until [`Alarm::next_deadline`]). A change asked
+//! for is made durable before anything is published about it: the alarm-state file first (if
+//! that fails, the change is undone and refused), then the store commit of its events and uses
+//! (if only that fails, the change stands: the error is logged and the events go out without a
+//! log entry); a code-management command is committed before its result. Timed transitions are
+//! published even if saving them fails: a siren must not wait for a failing SD card. What a
+//! handler wants to publish is collected in an outbox and sent afterwards, keypad reply first.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -260,7 +264,7 @@ struct Daemon {
     digest_keys: std::collections::hash_map::RandomState,
     /// When each source last had a `trigger_ignored` event recorded, per alarm state.
     ignored_triggers: HashMap<String, Timestamp>,
-    /// Messages to publish once the current change is durable: (topic, payload, retained).
+    /// Messages to publish after the current change is handled: (topic, payload, retained).
     outbox: Vec<(String, Vec<u8>, bool)>,
     /// Whether the start-up announcements (panel status to keypads) went out.
     announced: bool,
@@ -788,10 +792,10 @@ impl Daemon {
     }
 
     /// Commits a change durably, then queues its events (and the roster, when a user
-    /// changed). False when the store refused it: nothing may be acknowledged then.
-    async fn record(&mut self, change: Change) -> bool {
+    /// changed). If the store refuses it, the error is logged and the events still go out.
+    async fn record(&mut self, change: Change) {
         if change.events.is_empty() && change.put_users.is_empty() && change.meta.is_empty() {
-            return true;
+            return;
         }
         let users_changed = !change.put_users.is_empty();
         let events_copy = change.events.clone();
@@ -805,7 +809,6 @@ impl Daemon {
                 if users_changed {
                     self.queue_roster().await;
                 }
-                true
             }
             Err(e) => {
                 tracing::error!("cannot record a change in the store: {e}");
@@ -814,7 +817,6 @@ impl Daemon {
                     let topic = self.topics.event.clone();
                     self.push(topic, event.to_json(), false);
                 }
-                false
             }
         }
     }

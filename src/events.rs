@@ -98,10 +98,12 @@ pub struct Event {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// `keypad:<name>`, `homeassistant`, `admin`, `cli` or `timer`.
+    /// `keypad:<name>`, `homeassistant`, `admin` or `cli` (a timed transition keeps the
+    /// source of the change that started it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Why a code was refused (`denied`) or a trigger ignored.
+    /// Why a code was refused (`denied`: the rule; `invalid_code`: `wrong_code`,
+    /// `malformed_code`, `no_code`) or a trigger ignored (the alarm state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The user's notification target, passed through for automations.

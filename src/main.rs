@@ -69,7 +69,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("{err}");
+                eprintln!("{:#}", anyhow::Error::from(err));
                 ExitCode::FAILURE
             }
         });

@@ -1,8 +1,9 @@
 //! The MQTT connection: the only module that imports rumqttc.
 //!
 //! rumqttc's event loop runs in its own task (its `poll()` is not documented as cancel-safe
-//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs over a channel:
-//! each (re)connection, each subscription acknowledgement and each incoming message. After a
+//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs over two channels:
+//! connection events (each (re)connection and subscription acknowledgement, never dropped) and
+//! incoming messages (bounded: dropped with a warning rather than stalling the connection). After a
 //! connection error rumqttc would reconnect at once in a tight loop, so the task sleeps with
 //! a growing backoff. The daemon connects with a clean session, so it re-subscribes on every
 //! [`MqttEvent::Connected`] (rumqtt issues #250, #857).

@@ -8,7 +8,7 @@
 //! | `codes`    | lookup key (32 bytes)      | user id                                 |
 //! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
 //! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts` | site values |
-//! | `applied`  | command id (UTF-8)         | the result published for it (idempotency) |
+//! | `applied`  | command id (UTF-8)         | `{"fingerprint", "result"}`: a keyed digest of the command, and its result (idempotency) |
 //!
 //! A code check is one Argon2id computation ([`LookupKeyer::key`]) and one `codes` lookup.
 //! Every change goes through [`Store::commit`]: one sled transaction over all trees, then
@@ -91,7 +91,7 @@ pub struct Change {
     pub delete_codes: Vec<LookupKey>,
     /// Appended to the activity log; their `seq` is assigned here.
     pub events: Vec<Event>,
-    /// The result of an applied command, kept under its id.
+    /// An applied command's fingerprint and result, kept under its id.
     pub applied: Option<(String, serde_json::Value)>,
     /// Site values to keep in `meta` (e.g. the lockout counts).
     pub meta: Vec<(&'static str, Vec<u8>)>,
@@ -222,10 +222,6 @@ impl Store {
         };
         store.trim_activity()?;
         Ok(store)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn keyer(&self) -> &LookupKeyer {
@@ -505,6 +501,9 @@ fn open_existing(
     let salt = meta
         .get("salt")?
         .ok_or_else(|| damaged("the site salt is missing"))?;
+    if salt.len() != SALT_LEN {
+        return Err(damaged("the site salt has the wrong length"));
+    }
     let params: Argon2Params = meta
         .get("argon2")?
         .and_then(|v| serde_json::from_slice(&v).ok())

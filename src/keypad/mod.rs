@@ -100,7 +100,8 @@ pub enum Answer {
     InvalidCode,
     AlreadyDisarmed,
     LockedOut,
-    /// Arming refused while the alarm is pending or triggered.
+    /// Not done for a reason other than the code: arming while pending or triggered, a mode
+    /// that `alarm.modes` does not list, or a state that could not be saved.
     NotReady,
 }
 

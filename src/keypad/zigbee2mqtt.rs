@@ -28,7 +28,13 @@ pub fn parse(payload: &[u8]) -> Parsed {
         "arm_day_zones" => KeypadAction::Arm(ArmMode::ArmedHome),
         "arm_night_zones" => KeypadAction::Arm(ArmMode::ArmedNight),
         "emergency" | "panic" => KeypadAction::Panic,
-        other => return Parsed::Invalid(format!("unsupported keypad action {other:?}")),
+        // Not echoed: a misbehaving device may put anything there.
+        other => {
+            return Parsed::Invalid(format!(
+                "unsupported keypad action ({} characters)",
+                other.chars().count()
+            ))
+        }
     };
     Parsed::Input(KeypadInput {
         action,
@@ -72,7 +78,8 @@ fn arm_mode_word(mode: ArmMode) -> &'static str {
     }
 }
 
-/// The panel status sent to every keypad on each state change (no transaction).
+/// The panel status (no transaction), sent to every keypad at start-up, on each state change
+/// and when Zigbee2MQTT comes back online.
 pub fn panel_status(state: AlarmState, seconds_left: Option<u64>) -> String {
     let mode = match state {
         AlarmState::Disarmed => "disarm",
