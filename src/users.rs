@@ -585,21 +585,14 @@ mod tests {
     }
 
     fn user(role: Role) -> User {
-        User {
-            id: "u_7f3a9c".into(),
-            name: "Alice".into(),
+        let mut user = User::new(
+            "u_7f3a9c".into(),
+            "Alice".into(),
             role,
-            active: true,
-            code_key: Some("9f86d081884c7d65".into()),
-            notify: None,
-            valid_from: None,
-            valid_until: None,
-            schedule: None,
-            max_uses: None,
-            uses: 0,
-            created_at: ts("2025-01-01T00:00:00Z"),
-            updated_at: ts("2025-01-01T00:00:00Z"),
-        }
+            ts("2025-01-01T00:00:00Z"),
+        );
+        user.code_key = Some("9f86d081884c7d65".into());
+        user
     }
 
     fn cleaner() -> User {

@@ -11,18 +11,25 @@ use keypad_bridge::store::{Change, Create, Store};
 use keypad_bridge::users::{Role, User};
 use serde_json::json;
 
-fn wait_exit(daemon: &mut DaemonProcess) -> std::process::ExitStatus {
+/// Starts the daemon on `site`, expects it to refuse to start, and returns its log, which
+/// must say `why`.
+fn refuses_to_start(site: &Site, why: &str) -> String {
+    let mut daemon = site.start();
     let start = std::time::Instant::now();
-    loop {
+    let status = loop {
         if let Some(status) = daemon.exited() {
-            return status;
+            break status;
         }
         assert!(
             start.elapsed() < WAIT,
             "the daemon should have refused to start"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    assert!(!status.success());
+    let log = daemon.log_text();
+    assert!(log.contains(why), "the log should say {why:?}:\n{log}");
+    log
 }
 
 #[test]
@@ -89,26 +96,15 @@ fn a_missing_or_foreign_secret_is_refused_never_replaced() {
     let original = std::fs::read(&secret).unwrap();
 
     std::fs::remove_file(&secret).unwrap();
-    let mut daemon = site.start();
-    assert!(!wait_exit(&mut daemon).success());
-    let log = daemon.log_text();
-    assert!(
-        log.contains("is missing") && log.contains("backup"),
-        "{log}"
-    );
+    let log = refuses_to_start(&site, "is missing");
+    assert!(log.contains("backup"), "{log}");
     assert!(
         !secret.exists(),
         "the daemon must not create a new secret for an existing store"
     );
 
     std::fs::write(&secret, [7u8; 32]).unwrap();
-    let mut daemon = site.start();
-    assert!(!wait_exit(&mut daemon).success());
-    assert!(
-        daemon.log_text().contains("does not belong"),
-        "{}",
-        daemon.log_text()
-    );
+    refuses_to_start(&site, "does not belong");
     let (ok, _, err) = site.cli(&["users"], "");
     assert!(!ok && err.contains("does not belong"), "{err}");
 
@@ -135,21 +131,9 @@ fn a_damaged_alarm_state_file_stops_the_daemon_instead_of_coming_up_disarmed() {
         .unwrap()
         .contains("armed_away"));
     std::fs::write(&state_file, b"{\"state\": \"arm").unwrap();
-    let mut daemon = w.site.start();
-    assert!(!wait_exit(&mut daemon).success());
-    assert!(
-        daemon.log_text().contains("alarm state file"),
-        "{}",
-        daemon.log_text()
-    );
+    refuses_to_start(&w.site, "alarm state file");
     std::fs::remove_file(&state_file).unwrap();
-    let mut daemon = w.site.start();
-    assert!(!wait_exit(&mut daemon).success());
-    assert!(
-        daemon.log_text().contains("missing"),
-        "{}",
-        daemon.log_text()
-    );
+    refuses_to_start(&w.site, "missing");
 }
 
 #[test]
@@ -260,10 +244,7 @@ fn a_secret_without_its_store_is_a_lost_store_not_a_first_start() {
     let site = Site::new(broker.port);
     site.init("Alice", "1234");
     std::fs::remove_dir_all(site.store_dir().join("db")).unwrap();
-    let mut daemon = site.start();
-    assert!(!wait_exit(&mut daemon).success());
-    let log = daemon.log_text();
-    assert!(log.contains("seems lost"), "{log}");
+    refuses_to_start(&site, "seems lost");
     assert!(
         !site.store_dir().join("db").exists(),
         "no new, empty store was created"
@@ -329,13 +310,7 @@ fn a_damaged_user_record_stops_the_daemon_instead_of_losing_people() {
     let site = Site::new(broker.port);
     site.init("Alice", "1234");
     damage(&site, "users", "u_broken");
-    let mut daemon = site.start();
-    assert!(!wait_exit(&mut daemon).success());
-    assert!(
-        daemon.log_text().contains("damaged"),
-        "{}",
-        daemon.log_text()
-    );
+    refuses_to_start(&site, "damaged");
 }
 
 #[test]
