@@ -9,6 +9,7 @@
 
 use jiff::Timestamp;
 use serde_json::{json, Map, Value};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::codes::{Code, LookupKey, LookupKeyer};
 use crate::events::{Event, EventType};
@@ -105,12 +106,21 @@ impl Request {
         self.command == "add_user" && self.fields.get("role") == Some(&json!("master"))
     }
 
-    /// What identifies the command for idempotency: its name and fields (codes included,
-    /// so only ever hashed with the site secret), not its `id` or `auth`.
-    pub fn fingerprint_input(&self) -> Vec<u8> {
+    /// What identifies the command for idempotency: its name and every field but the
+    /// secret ones (`code`, `tag`; `auth` is already apart). Leaving them out is what keeps
+    /// a replay from ever answering whether a guessed code is the one a command carried.
+    pub fn fingerprint_input(&self) -> Zeroizing<Vec<u8>> {
+        let fields: Map<String, Value> = self
+            .fields
+            .iter()
+            .filter(|(k, _)| !SECRET_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         // serde_json's maps are sorted: the same command always gives the same bytes.
-        serde_json::to_vec(&json!({"command": self.command, "fields": self.fields}))
-            .unwrap_or_default()
+        Zeroizing::new(
+            serde_json::to_vec(&json!({"command": self.command, "fields": fields}))
+                .unwrap_or_default(),
+        )
     }
 
     /// The `id` and `command` for a failure result.
@@ -119,6 +129,28 @@ impl Request {
             id: Some(self.id.clone()),
             command: Some(self.command.clone()),
         }
+    }
+}
+
+/// Fields that hold a code or a tag: never part of a fingerprint, wiped when the request goes.
+const SECRET_FIELDS: [&str; 2] = ["code", "tag"];
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        for value in self.fields.values_mut() {
+            wipe(value);
+        }
+    }
+}
+
+/// Overwrites every string in a parsed JSON value (a code may be in any of them, e.g. in a
+/// field swapped by mistake).
+fn wipe(value: &mut Value) {
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe),
+        Value::Object(map) => map.values_mut().for_each(wipe),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
@@ -180,17 +212,18 @@ pub fn parse(payload: &[u8]) -> Result<Request, (Partial, CommandError)> {
             return Err((partial, CommandError::MissingField(msg.into())));
         }
     };
+    // Only a known command's name is echoed: an unknown one may be anything, a code included.
+    let known = COMMANDS.contains(&command.as_str());
     let partial = Partial {
         id: Some(id.clone()),
-        command: Some(command.clone()),
+        command: known.then(|| command.clone()),
     };
     let auth = match fields.remove("auth") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => TypedCode::from_text(&s),
         Some(_) => Some(TypedCode::NotText),
     };
-    if !COMMANDS.contains(&command.as_str()) {
-        // The text is not echoed: it may be anything, a code included.
+    if !known {
         let msg = format!(
             "unknown command ({} characters); the commands are {}",
             command.chars().count(),
@@ -558,9 +591,9 @@ fn check_name_free(store: &Store, name: &str, except: Option<&str>) -> Result<()
         .into_iter()
         .any(|u| names_equal(&u.name, name) && Some(u.id.as_str()) != except);
     if taken {
-        return Err(CommandError::DuplicateName(format!(
-            "another user is already called {name:?} (names are compared without case)"
-        )));
+        return Err(CommandError::DuplicateName(
+            "another user already has that name (names are compared without case)".into(),
+        ));
     }
     Ok(())
 }
@@ -739,9 +772,14 @@ impl<'a> Fields<'a> {
         let schedule = match self.get("schedule") {
             None => None,
             Some(Value::Null) => Some(None),
+            // serde's message quotes the value it refused: only plain words go back.
             Some(v) => Some(Some(
-                serde_json::from_value::<Vec<Window>>(v.clone()).map_err(|e| {
-                    invalid("schedule", &format!("is not a list of weekly windows: {e}"))
+                serde_json::from_value::<Vec<Window>>(v.clone()).map_err(|_| {
+                    invalid(
+                        "schedule",
+                        "is not a list of weekly windows like [{\"days\": [\"mon\", \"tue\"], \
+                         \"from\": \"08:00\", \"to\": \"18:00\"}] (days: mon..sun; times: HH:MM)",
+                    )
                 })?,
             )),
         };
@@ -788,7 +826,7 @@ impl<'a> Fields<'a> {
         };
         store
             .find_user(&who)?
-            .ok_or_else(|| CommandError::NotFound(format!("no user has the id or name {who:?}")))
+            .ok_or_else(|| CommandError::NotFound("no user has that id or name".into()))
     }
 
     /// Refuses fields this command does not take (a typo must not go unnoticed).
@@ -799,13 +837,25 @@ impl<'a> Fields<'a> {
             } else {
                 self.seen.join(", ")
             };
+            // A field name is echoed only when it looks like one (a typo such as `nmae`);
+            // anything else may be a value put in the wrong place, a code included.
+            let named = if looks_like_a_field_name(unknown) {
+                format!("a field named `{unknown}`")
+            } else {
+                format!("an unknown field ({} characters)", unknown.chars().count())
+            };
             return Err(CommandError::InvalidField(format!(
-                "{} does not take a field named {unknown:?} (it takes: {allowed})",
+                "{} does not take {named} (it takes: {allowed})",
                 self.command
             )));
         }
         Ok(())
     }
+}
+
+/// Lower-case letters and `_` only, at most 32: no digits, so never a code.
+fn looks_like_a_field_name(key: &str) -> bool {
+    (1..=32).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 fn invalid(key: &str, what: &str) -> CommandError {

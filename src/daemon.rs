@@ -171,9 +171,11 @@ pub async fn run_with_store(
         ignored_triggers: HashMap::new(),
         outbox: Vec::new(),
         announced: false,
+        has_master: false,
     };
     tracing::info!(state = daemon.alarm.state.as_str(), "starting");
-    if daemon.store.master()?.is_none() {
+    daemon.has_master = daemon.store.master()?.is_some();
+    if !daemon.has_master {
         tracing::warn!(
             "no master yet: create the main code with `keypad-bridge init`; until then, anyone \
              who can publish on {} can create the master",
@@ -268,6 +270,8 @@ struct Daemon {
     outbox: Vec<(String, Vec<u8>, bool)>,
     /// Whether the start-up announcements (panel status to keypads) went out.
     announced: bool,
+    /// Whether the store has a master (the bootstrap rule), kept current after each command.
+    has_master: bool,
 }
 
 impl Daemon {
@@ -897,36 +901,14 @@ impl Daemon {
                 return admin::failure(&partial, &error);
             }
         };
-        let store = self.store.clone();
-        let id = request.id.clone();
-        let fingerprint = self.keyer.digest(&request.fingerprint_input()).to_hex();
-        match blocking(move || store.applied(&id)).await {
-            Ok(Some(stored)) => {
-                // Only the very same command gets its result again: the fingerprint is a keyed
-                // digest of its content (codes included), so a different command reusing an
-                // id is refused, and nobody learns a result without knowing the command.
-                if stored["fingerprint"].as_str() != Some(fingerprint.as_str()) {
-                    let error = CommandError::InvalidField(format!(
-                        "the id {:?} was already used for another command; use a new id",
-                        request.id
-                    ));
-                    return admin::failure(&request.partial(), &error);
-                }
-                tracing::info!(
-                    id = request.id,
-                    "command already applied: re-publishing its result"
-                );
-                let mut result = stored["result"].clone();
-                if let Value::Object(map) = &mut result {
-                    map.insert("replayed".into(), json!(true));
-                }
-                return result;
-            }
-            Ok(None) => {}
-            Err(e) => return admin::failure(&request.partial(), &CommandError::from(e)),
-        }
+        // Who is asking comes first: nothing about an id or its stored result (not even
+        // whether it was used) reaches a sender who is not authorised.
         let outcome = match self.authorise(&request).await {
-            Ok(authority) => self.apply_command(&request, authority, fingerprint).await,
+            Ok(authority) => match self.replay(&request).await {
+                Ok(Some(result)) => return result,
+                Ok(None) => self.apply_command(&request, authority).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match outcome {
@@ -957,6 +939,33 @@ impl Daemon {
         }
     }
 
+    /// The stored result of an id already applied, for an authorised sender. The fingerprint
+    /// leaves out every code field: comparing it can never tell whether a guessed code is
+    /// the one a command carried. The same command with another code is therefore replayed,
+    /// not applied (the result says `replayed`: a new code needs a new id).
+    async fn replay(&mut self, request: &admin::Request) -> Result<Option<Value>, CommandError> {
+        let store = self.store.clone();
+        let id = request.id.clone();
+        let Some(stored) = blocking(move || store.applied(&id)).await? else {
+            return Ok(None);
+        };
+        let fingerprint = self.keyer.digest(&request.fingerprint_input()).to_hex();
+        if stored["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+            return Err(CommandError::InvalidField(
+                "this id was already used for another command; use a new id".into(),
+            ));
+        }
+        tracing::info!(
+            id = request.id,
+            "command already applied: re-publishing its result"
+        );
+        let mut result = stored["result"].clone();
+        if let Value::Object(map) = &mut result {
+            map.insert("replayed".into(), json!(true));
+        }
+        Ok(Some(result))
+    }
+
     /// Who the command acts for: `auth` checked like a keypad code, against the `admin` lockout.
     async fn authorise(&mut self, request: &admin::Request) -> Result<Authority, CommandError> {
         let now = Timestamp::now();
@@ -971,8 +980,8 @@ impl Daemon {
             if self.config.admin.trust_broker {
                 return Ok(Authority::Broker);
             }
-            let store = self.store.clone();
-            if request.is_master_bootstrap() && blocking(move || store.master()).await?.is_none() {
+            // Answered from memory: a flood of commands without `auth` costs no store read.
+            if request.is_master_bootstrap() && !self.has_master {
                 return Ok(Authority::Bootstrap);
             }
             return Err(CommandError::Unauthorized(
@@ -1008,8 +1017,8 @@ impl Daemon {
         &mut self,
         request: &admin::Request,
         authority: Authority,
-        fingerprint: String,
     ) -> Result<Value, CommandError> {
+        let fingerprint = self.keyer.digest(&request.fingerprint_input()).to_hex();
         let store = self.store.clone();
         let keyer = self.keyer.clone();
         let codes = self.config.codes.clone();
@@ -1038,6 +1047,9 @@ impl Daemon {
             command = request.command,
             "command applied"
         );
+        if request.is_master_bootstrap() {
+            self.has_master = true;
+        }
         for event in events {
             self.push(self.topics.event.clone(), event.to_json(), false);
         }

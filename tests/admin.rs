@@ -636,14 +636,63 @@ fn an_id_reused_for_a_different_command_is_refused_not_replayed() {
     ok(&first);
     let again = w.command(json!({"id": "reset-bob", "auth": "1234", "command": "set_code", "user": "Bob", "code": "5556"}));
     assert_eq!(again["replayed"], true);
-    // Same id, another code: not "ok", and the new code is not silently ignored.
-    let other = w.command(json!({"id": "reset-bob", "auth": "1234", "command": "set_code", "user": "Bob", "code": "5557"}));
+    // Another command under a used id is refused.
+    let other = w.command(
+        json!({"id": "reset-bob", "auth": "1234", "command": "delete_user", "user": "Bob"}),
+    );
     assert_eq!(error_kind(&other), "invalid_field");
-    // Someone without the command's content learns nothing from the id.
-    let probe = w.command(json!({"id": "reset-bob", "command": "delete_user", "user": "Bob"}));
-    assert_eq!(error_kind(&probe), "invalid_field");
-    assert!(probe.get("user").is_none());
+    assert!(other.get("user").is_none());
+    // Same id, another code: the codes are not part of what identifies a command (comparing
+    // them would confirm guesses), so it is replayed, says so, and changes nothing.
+    let other_code = w.command(json!({"id": "reset-bob", "auth": "1234", "command": "set_code", "user": "Bob", "code": "5557"}));
+    assert_eq!(other_code["replayed"], true, "{other_code}");
+    assert_eq!(
+        w.json_keypad(json!({"code": "5557"}))["result"],
+        "invalid_code"
+    );
     assert_eq!(w.json_keypad(json!({"code": "5556"}))["result"], "accepted");
+}
+
+/// The review's critical finding: re-sending a used id without `auth`, with a guessed code,
+/// answered `replayed` for the right guess and `invalid_field` for a wrong one, uncounted.
+#[test]
+fn a_used_id_answers_no_question_about_its_code_with_or_without_auth() {
+    let w = World::start(|_| {});
+    ok(&add(&w, "1", json!({"name": "Bob", "code": "2468"})));
+    ok(&add(
+        &w,
+        "2",
+        json!({"name": "Carol", "role": "admin", "code": "9753"}),
+    ));
+    let unauthorised = |id: &str, code: &str| {
+        w.command(json!({"id": id, "command": "add_user", "name": "Bob", "code": code}))
+    };
+    let right = unauthorised("1", "2468");
+    let wrong = unauthorised("1", "1357");
+    let unused = unauthorised("never-used", "2468");
+    for r in [&right, &wrong, &unused] {
+        assert_eq!(error_kind(r), "unauthorized");
+        assert!(
+            r.get("replayed").is_none() && r.get("user").is_none(),
+            "{r}"
+        );
+    }
+    // Nothing tells the three apart: not whether the id was used, not whether the code is right.
+    assert_eq!(right["error"], wrong["error"]);
+    assert_eq!(right["error"], unused["error"]);
+    // An admin's own `auth` does not make the replay an oracle about another's code either.
+    for code in ["2468", "1357"] {
+        let r = w.command(
+            json!({"id": "1", "auth": "9753", "command": "add_user", "name": "Bob", "code": code}),
+        );
+        assert_eq!(r["replayed"], true, "{r}");
+    }
+    // Commands without `auth` are refused unread and not counted: the master is not locked out.
+    for i in 0..6 {
+        let r = w.command(json!({"id": format!("x{i}"), "command": "list_users"}));
+        assert_eq!(error_kind(&r), "unauthorized");
+    }
+    ok(&add(&w, "3", json!({"name": "Dave", "code": "8642"})));
 }
 
 #[test]
@@ -691,4 +740,48 @@ fn setting_a_users_own_current_code_again_is_not_a_duplicate() {
         w.json_keypad(json!({"code": "2468", "action": "arm_away"}))["result"],
         "accepted"
     );
+}
+
+/// A script that swaps two fields puts a code where a name, a user or a command belongs:
+/// results and the daemon's log echo only the id, a known command's name and roster entries.
+#[test]
+fn no_field_value_is_echoed_in_a_result_or_the_log() {
+    let w = World::start(|_| {});
+    let r = w.command(json!({"id": "e1", "auth": "1234", "command": "90210"}));
+    assert_eq!(error_kind(&r), "unknown_command");
+    assert_eq!(r["command"], Value::Null, "{r}");
+    let r = w.command(
+        json!({"id": "e2", "auth": "1234", "command": "set_code", "user": "80808", "code": "1111"}),
+    );
+    assert_eq!(error_kind(&r), "not_found");
+    let r = w.command(
+        json!({"id": "e3", "auth": "1234", "command": "add_user", "name": "Bob",
+                             "schedule": [{"days": ["mon"], "from": "70707", "to": "18:00"}]}),
+    );
+    assert_eq!(error_kind(&r), "invalid_field");
+    let r = w.command(
+        json!({"id": "e4", "auth": "1234", "command": "add_user", "name": "Eve", "50505": "x"}),
+    );
+    assert_eq!(error_kind(&r), "invalid_field");
+    ok(&add(&w, "e5", json!({"name": "Bob"})));
+    let r = add(&w, "e6", json!({"name": "bob"}));
+    assert_eq!(error_kind(&r), "duplicate_name");
+    assert!(!r.to_string().to_lowercase().contains("bob"), "{r}");
+    let r = w.command(
+        json!({"id": "e7", "auth": "1234", "command": "add_user", "name": "Fay", "nmae": 1}),
+    );
+    assert!(
+        r.to_string().contains("nmae"),
+        "a typo in a field name is named: {r}"
+    );
+    let published: Vec<String> = w.probe.all().iter().map(|m| m.text()).collect();
+    let log = w.daemon.log_text();
+    for secret in ["90210", "80808", "70707", "50505"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        for text in &published {
+            if !text.contains("\"auth\"") {
+                assert!(!text.contains(secret), "{secret} published: {text}");
+            }
+        }
+    }
 }
