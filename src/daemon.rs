@@ -665,8 +665,8 @@ impl Daemon {
                 // The state is durable now; if the store then fails, the change stands (the
                 // error is logged and the events go out without a log entry).
                 if user.is_some() {
-                    // Only a code that changed something clears the failures: a valid code
-                    // typed to no effect must not reset a guesser's count.
+                    // Only a code that changed something restarts the doubling; no success
+                    // erases a failure (DESIGN 4).
                     self.lockouts.record_success(source);
                     change.meta.push((LOCKOUTS, self.lockouts.to_json()));
                 }

@@ -38,7 +38,8 @@ struct Source {
     /// Recent failures, oldest first; never more than `max_failures`.
     failures: VecDeque<Timestamp>,
     locked_until: Option<Timestamp>,
-    /// Lockouts since the last success: the exponent of the doubling.
+    /// Lockouts since the last success: the exponent of the doubling (a success resets only
+    /// this, never the failures).
     lockouts: u32,
 }
 
@@ -109,17 +110,13 @@ impl Lockouts {
         Some(Locked { until })
     }
 
-    /// A permitted code: forgets the failures and the doubling. A lock in force stays (the
-    /// caller never hashes during one, so this only happens by mistake).
+    /// A permitted code that changed something: the doubling starts again from
+    /// `duration_s`, but no failure is forgotten (DESIGN 4: each one expires `window_s` after
+    /// it happened). Otherwise anyone with a code of their own could guess three codes, type
+    /// their own, and repeat. A lock in force stays (the caller never hashes during one).
     pub fn record_success(&mut self, source: &str) {
-        let Some(state) = self.sources.get_mut(source) else {
-            return;
-        };
-        if state.locked_until.is_some() {
-            state.failures.clear();
+        if let Some(state) = self.sources.get_mut(source) {
             state.lockouts = 0;
-        } else {
-            self.sources.remove(source);
         }
     }
 }
@@ -326,16 +323,25 @@ mod tests {
     }
 
     #[test]
-    fn success_forgets_the_failures() {
+    fn a_success_forgets_no_failure_each_expires_window_seconds_after_it_happened() {
         let mut l = lockouts();
         for secs in [0, 1, 2] {
             assert_eq!(l.record_failure(HALL, at(secs)), None);
         }
+        // Someone types their own code between guesses: the count goes on.
         l.record_success(HALL);
-        for secs in [3, 4, 5] {
+        assert_eq!(
+            l.record_failure(HALL, at(3)),
+            Some(Locked { until: at(93) })
+        );
+        // Three guesses, a success, and the fourth guess after the first one expired.
+        let mut l = lockouts();
+        for secs in [0, 300, 400] {
             assert_eq!(l.record_failure(HALL, at(secs)), None);
         }
-        assert!(l.record_failure(HALL, at(6)).is_some());
+        l.record_success(HALL);
+        assert_eq!(l.record_failure(HALL, at(600)), None);
+        assert!(l.record_failure(HALL, at(601)).is_some());
     }
 
     #[test]
@@ -386,8 +392,6 @@ mod tests {
             let _ = l.record_failure(HALL, at(secs * 4));
             assert!(l.sources[HALL].failures.len() <= 3);
         }
-        l.record_success(HALL);
-        assert!(l.sources.get(HALL).is_none_or(|s| s.failures.is_empty()));
     }
 
     #[test]

@@ -366,6 +366,37 @@ fn a_valid_code_that_changes_nothing_does_not_reset_the_count_of_wrong_codes() {
     assert_eq!(w.wait_event("lockout")["source"], "keypad:hall");
 }
 
+/// The review's finding: someone with a code of their own (a house-sitter) guessed three codes,
+/// typed their own to arm or disarm, and started again: a success erased the count.
+#[test]
+fn a_success_that_changes_the_alarm_does_not_erase_earlier_wrong_codes() {
+    let w = World::start(|s| {
+        s.set("alarm.exit_delay_s.armed_away", json!(0));
+    });
+    w.add_user("Sitter", "user", "2468");
+    let mut t = 0u8;
+    let mut send = |action: &str, code: &str| {
+        t += 1;
+        let msg = json!({"action": action, "action_code": code, "action_transaction": t});
+        w.probe.publish_json(&w.site.z2m_topic(), &msg);
+        w.hall_reply()["arm_mode"]["mode"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for guess in ["1111", "2222", "3333"] {
+        assert_eq!(send("arm_all_zones", guess), "invalid_code");
+    }
+    assert_eq!(send("arm_all_zones", "2468"), "arm_all_zones");
+    w.wait_state("armed_away");
+    assert_eq!(send("disarm", "4444"), "invalid_code");
+    assert_eq!(w.wait_event("lockout")["source"], "keypad:hall");
+    // Locked: the sitter's own code is refused too until the lockout ends.
+    assert_eq!(send("disarm", "2468"), "invalid_code");
+    w.probe
+        .assert_silent(&w.topic("alarm/state"), Duration::from_millis(300));
+}
+
 #[test]
 fn a_new_request_reusing_a_transaction_number_is_a_new_exchange() {
     let w = World::start(|_| {});
