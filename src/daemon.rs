@@ -41,6 +41,9 @@ const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
 const HOMEASSISTANT: &str = "homeassistant";
 /// The `meta` key of the lockout counts.
 const LOCKOUTS: &str = "lockouts";
+/// The `meta` key of the store's copy of the alarm state, committed with the events, use
+/// counts and lockouts of the same change (the file beside the store follows it).
+const ALARM_STATE: &str = "alarm_state";
 
 /// What `B/alarm/attributes` says about the last change, kept with the alarm state.
 /// Every field has a default: a damaged or older description never stops the daemon.
@@ -65,6 +68,9 @@ struct Saved {
     /// The `notify` of the person named in `attributes`, for the events of timed transitions.
     #[serde(default)]
     notify: Option<String>,
+    /// Counts saves: of the store's copy and the file, the higher one is the newer.
+    #[serde(default)]
+    generation: u64,
 }
 
 /// One Zigbee2MQTT exchange: the keypad, its transaction number and a keyed digest of what
@@ -122,12 +128,12 @@ pub async fn run_with_store(
         .map_err(|e| anyhow::anyhow!("cannot use the time zone: {e}"))?;
     let topics = Topics::new(&config);
     let now = Timestamp::now();
-    let saved: Option<Saved> = store.load_alarm()?;
-    let saved = saved.unwrap_or(Saved {
+    let saved = load_saved(&store)?.unwrap_or(Saved {
         alarm: Alarm::new(now),
         attributes: Attributes::default(),
         last_user: None,
         notify: None,
+        generation: 0,
     });
     let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status)?;
     let a = &config.alarm;
@@ -162,6 +168,7 @@ pub async fn run_with_store(
         attributes: saved.attributes,
         last_user: saved.last_user,
         notify: saved.notify,
+        generation: saved.generation,
         subscriptions: Vec::new(),
         timings,
         lockouts,
@@ -249,6 +256,8 @@ struct Daemon {
     attributes: Attributes,
     last_user: Option<String>,
     notify: Option<String>,
+    /// The alarm state's save counter ([`Saved::generation`]).
+    generation: u64,
     /// The filters of the last subscription request, to name any the broker refuses.
     subscriptions: Vec<String>,
     timings: Timings,
@@ -623,6 +632,7 @@ impl Daemon {
             self.attributes.clone(),
             self.last_user.clone(),
             self.notify.clone(),
+            self.lockouts.clone(),
         );
         let outcome = self.alarm.handle(command, now, &self.timings);
         let mut change = Change::default();
@@ -645,6 +655,10 @@ impl Daemon {
                     let mut used = user.clone();
                     used.uses += 1;
                     change.put_users.push(used);
+                    // Only a code that changed something restarts the doubling; no success
+                    // erases a failure (DESIGN 4).
+                    self.lockouts.record_success(source);
+                    change.meta.push((LOCKOUTS, self.lockouts.to_json()));
                 }
                 self.notify = user.as_ref().and_then(|u| u.notify.clone());
                 self.attributes = Attributes {
@@ -657,20 +671,23 @@ impl Daemon {
                     delay_s: self.alarm.seconds_left(now).unwrap_or(0),
                 };
                 change.events.extend(self.transition_events(&transitions));
-                // The alarm state on disk first (DESIGN 2b); if that fails, nothing happened.
-                if !self.save_state().await {
-                    (self.alarm, self.attributes, self.last_user, self.notify) = before;
+                // The new state, its events, the use count and the lockouts in one commit
+                // (DESIGN 2b): a power cut keeps all of them or none. If it fails, nothing
+                // happened.
+                change.meta.push((ALARM_STATE, self.next_saved()));
+                if let Err(e) = self.commit(change).await {
+                    tracing::error!(error = %e, "cannot record a change of the alarm: refused");
+                    (
+                        self.alarm,
+                        self.attributes,
+                        self.last_user,
+                        self.notify,
+                        self.lockouts,
+                    ) = before;
+                    self.generation -= 1;
                     return Answer::NotReady;
                 }
-                // The state is durable now; if the store then fails, the change stands (the
-                // error is logged and the events go out without a log entry).
-                if user.is_some() {
-                    // Only a code that changed something restarts the doubling; no success
-                    // erases a failure (DESIGN 4).
-                    self.lockouts.record_success(source);
-                    change.meta.push((LOCKOUTS, self.lockouts.to_json()));
-                }
-                self.record(change).await;
+                self.save_state_file().await;
                 self.queue_states(&transitions);
                 self.queue_panel_status();
                 Answer::Accepted
@@ -733,14 +750,14 @@ impl Daemon {
         // Time has passed whatever the disk says: a siren must not wait for a failing SD
         // card. The state is published even if saving it failed (the error is logged), so
         // Home Assistant still sees the alarm.
-        if !self.save_state().await {
-            self.save_state().await;
-        }
+        let saved = self.next_saved();
         self.record(Change {
             events,
+            meta: vec![(ALARM_STATE, saved)],
             ..Change::default()
         })
         .await;
+        self.save_state_file().await;
         self.queue_states(&transitions);
         self.queue_panel_status();
         self.flush().await;
@@ -777,50 +794,63 @@ impl Daemon {
             .collect()
     }
 
-    /// Writes the alarm-state file; false (and an error in the log) when it cannot.
-    async fn save_state(&self) -> bool {
+    /// The alarm state as saved, with the next save counter.
+    fn next_saved(&mut self) -> Vec<u8> {
+        self.generation += 1;
         let saved = Saved {
             alarm: self.alarm.clone(),
             attributes: self.attributes.clone(),
             last_user: self.last_user.clone(),
             notify: self.notify.clone(),
+            generation: self.generation,
+        };
+        serde_json::to_vec(&saved).unwrap_or_default()
+    }
+
+    /// Writes the alarm-state file beside the store, after the store's copy is committed. If
+    /// it fails, the store's newer copy is what the next start uses (the error is logged).
+    async fn save_state_file(&self) {
+        let saved = Saved {
+            alarm: self.alarm.clone(),
+            attributes: self.attributes.clone(),
+            last_user: self.last_user.clone(),
+            notify: self.notify.clone(),
+            generation: self.generation,
         };
         let store = self.store.clone();
-        match blocking(move || store.save_alarm(&saved)).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("cannot save the alarm state: {e}");
-                false
-            }
+        if let Err(e) = blocking(move || store.save_alarm(&saved)).await {
+            tracing::error!(error = %e, "cannot write the alarm-state file (the store keeps the state)");
         }
     }
 
     /// Commits a change durably, then queues its events (and the roster, when a user
-    /// changed). If the store refuses it, the error is logged and the events still go out.
+    /// changed).
+    async fn commit(&mut self, change: Change) -> Result<(), crate::store::StoreError> {
+        let users_changed = !change.put_users.is_empty();
+        let store = self.store.clone();
+        let events = blocking(move || store.commit(change)).await?;
+        for event in events {
+            let topic = self.topics.event.clone();
+            self.push(topic, event.to_json(), false);
+        }
+        if users_changed {
+            self.queue_roster().await;
+        }
+        Ok(())
+    }
+
+    /// Commits a change of what already happened; if the store refuses it, the error is
+    /// logged and the events still go out, without a place in the activity log.
     async fn record(&mut self, change: Change) {
         if change.events.is_empty() && change.put_users.is_empty() && change.meta.is_empty() {
             return;
         }
-        let users_changed = !change.put_users.is_empty();
         let events_copy = change.events.clone();
-        let store = self.store.clone();
-        match blocking(move || store.commit(change)).await {
-            Ok(events) => {
-                for event in events {
-                    let topic = self.topics.event.clone();
-                    self.push(topic, event.to_json(), false);
-                }
-                if users_changed {
-                    self.queue_roster().await;
-                }
-            }
-            Err(e) => {
-                tracing::error!("cannot record a change in the store: {e}");
-                // What happened is still told, without a place in the log.
-                for event in events_copy {
-                    let topic = self.topics.event.clone();
-                    self.push(topic, event.to_json(), false);
-                }
+        if let Err(e) = self.commit(change).await {
+            tracing::error!(error = %e, "cannot record a change in the store");
+            for event in events_copy {
+                let topic = self.topics.event.clone();
+                self.push(topic, event.to_json(), false);
             }
         }
     }
@@ -1068,6 +1098,35 @@ where
         Ok(result) => result,
         Err(e) => Err(E::from(crate::store::StoreError::Task(e.to_string()))),
     }
+}
+
+/// The saved alarm state: the newer of the store's copy and the file beside it. A damaged or
+/// missing file is not fatal while the store has its copy (it is committed first).
+fn load_saved(store: &Store) -> anyhow::Result<Option<Saved>> {
+    let copy: Option<Saved> = match store.meta(ALARM_STATE)? {
+        Some(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                tracing::warn!(error = %e, "the store's copy of the alarm state is unreadable; using the alarm-state file");
+                None
+            }
+        },
+        None => None,
+    };
+    let file = store.load_alarm::<Saved>();
+    Ok(match (file, copy) {
+        (Ok(Some(file)), Some(copy)) if copy.generation > file.generation => {
+            tracing::warn!("the alarm-state file is older than the store's copy (a power cut between the two writes): using the store's");
+            Some(copy)
+        }
+        (Ok(Some(file)), _) => Some(file),
+        (Ok(None), copy) => copy,
+        (Err(e), Some(copy)) => {
+            tracing::warn!(error = %e, "using the store's copy of the alarm state");
+            Some(copy)
+        }
+        (Err(e), None) => return Err(e.into()),
+    })
 }
 
 /// The bridge-state topic of every Zigbee2MQTT instance that has a keypad, taking the first

@@ -184,7 +184,11 @@ fn a_siren_that_ran_out_while_down_returns_to_the_armed_mode() {
 
 #[test]
 fn home_assistant_codes_none_and_empty_mean_no_code() {
-    let w = World::start(|_| {});
+    // Four refusals and a number as a code follow: room for them below the lockout (a
+    // success erases no failure).
+    let w = World::start(|s| {
+        s.set("lockout.max_failures", json!(8));
+    });
     w.wait_state("disarmed");
     ha(&w, &fixture("homeassistant/arm_home_without_code.json"));
     let e = w.wait_event("invalid_code");
@@ -611,4 +615,46 @@ fn state_events_carry_the_notify_of_the_person_who_changed_it() {
     );
     let armed = w.wait_event("armed_away");
     assert_eq!(armed["notify"], "mobile_app_bob", "{armed}");
+}
+
+/// A power cut after the store commit of a disarm and before the alarm-state file is replaced
+/// (simulated: the old file is put back after SIGKILL). The disarm was acknowledged, so it and
+/// everything it implies (the use of a one-time code, its events) survive together.
+#[test]
+fn a_power_cut_before_the_state_file_is_replaced_keeps_the_acknowledged_disarm() {
+    let mut w = World::start(|_| {});
+    let bob = w.command(
+        json!({"id": "b1", "auth": "1234", "command": "add_user", "name": "Bob",
+                               "code": "2468", "max_uses": 1}),
+    );
+    assert_eq!(bob["ok"], true, "{bob}");
+    assert_eq!(
+        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["result"],
+        "accepted"
+    );
+    w.wait_state("armed_away");
+    let file = w.site.store_dir().join("db.alarm.json");
+    let armed = std::fs::read(&file).unwrap();
+    assert_eq!(
+        w.json_keypad(json!({"code": "2468", "action": "disarm"}))["result"],
+        "accepted"
+    );
+    w.daemon.kill();
+    std::fs::write(&file, armed).unwrap();
+    w.probe.drain();
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    w.wait_state("disarmed");
+    let attributes = w
+        .probe
+        .wait_for(&w.topic("alarm/attributes"), |_| true)
+        .json();
+    assert_eq!(attributes["user"], "Bob", "{attributes}");
+    // The one-time code was used by the disarm that was acknowledged.
+    assert_eq!(
+        w.json_keypad(json!({"code": "2468", "action": "arm_away"}))["result"],
+        "invalid_code"
+    );
+    assert!(w.daemon.log_text().contains("older than the store's copy"));
 }

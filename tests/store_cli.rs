@@ -131,6 +131,23 @@ fn a_damaged_alarm_state_file_stops_the_daemon_instead_of_coming_up_disarmed() {
         .unwrap()
         .contains("armed_away"));
     std::fs::write(&state_file, b"{\"state\": \"arm").unwrap();
+    // The store's copy, committed with each change before the file, takes over.
+    w.probe.drain();
+    w.daemon = w.site.start();
+    w.wait_state("armed_away");
+    assert!(w.daemon.log_text().contains("using the store's copy"));
+    assert!(w.daemon.stop());
+    // Without a readable copy in the store, a damaged or missing file stops the daemon.
+    let config = keypad_bridge::config::load(&w.site.config_path()).unwrap();
+    let store = Store::open(&config, Create::Refused).unwrap();
+    store
+        .commit(Change {
+            meta: vec![("alarm_state", b"{\"alarm".to_vec())],
+            ..Change::default()
+        })
+        .unwrap();
+    drop(store);
+    std::fs::write(&state_file, b"{\"state\": \"arm").unwrap();
     refuses_to_start(&w.site, "alarm state file");
     std::fs::remove_file(&state_file).unwrap();
     refuses_to_start(&w.site, "missing");
