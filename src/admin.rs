@@ -15,7 +15,7 @@ use crate::codes::{Code, LookupKey, LookupKeyer};
 use crate::events::{Event, EventType};
 use crate::keypad::TypedCode;
 use crate::store::{Change, Store, StoreError};
-use crate::users::{names_equal, Role, User, Window};
+use crate::users::{names_equal, Credential, Role, User, Window};
 
 /// Commands larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -239,11 +239,13 @@ pub fn parse(payload: &[u8]) -> Result<Request, (Partial, CommandError)> {
     })
 }
 
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 11] = [
     "add_user",
     "update_user",
     "set_code",
     "clear_code",
+    "set_duress_code",
+    "clear_duress_code",
     "deactivate_user",
     "reactivate_user",
     "delete_user",
@@ -326,6 +328,8 @@ pub fn apply(
         "update_user" => update_user(ctx, request, authority, &mut f)?,
         "set_code" => set_code(ctx, request, authority, &mut f)?,
         "clear_code" => simple(ctx, request, authority, &mut f, Simple::ClearCode)?,
+        "set_duress_code" => set_duress_code(ctx, request, authority, &mut f)?,
+        "clear_duress_code" => simple(ctx, request, authority, &mut f, Simple::ClearDuress)?,
         "deactivate_user" => simple(ctx, request, authority, &mut f, Simple::Deactivate)?,
         "reactivate_user" => simple(ctx, request, authority, &mut f, Simple::Reactivate)?,
         "delete_user" => simple(ctx, request, authority, &mut f, Simple::Delete)?,
@@ -475,7 +479,7 @@ fn set_code(
         .ok_or_else(|| missing("set_code", "code"))?;
     f.finish()?;
     guard_target(authority, &user)?;
-    check_code_free(ctx.store, &key, Some(&user.id))?;
+    check_code_free(ctx.store, &key, Some((&user.id, Credential::Code)))?;
     let mut change = Change::recode(&mut user, key, ctx.now);
     change
         .events
@@ -483,8 +487,35 @@ fn set_code(
     Ok(changed(request, &user, change))
 }
 
+/// A person's duress code (DESIGN 10a): unique across every code and duress code.
+fn set_duress_code(
+    ctx: &Context<'_>,
+    request: &Request,
+    authority: &Authority,
+    f: &mut Fields<'_>,
+) -> Result<Applied, CommandError> {
+    let mut user = f.target(ctx.store)?;
+    let key = f
+        .code(ctx, "code")?
+        .ok_or_else(|| missing("set_duress_code", "code"))?;
+    f.finish()?;
+    guard_target(authority, &user)?;
+    if user.role == Role::Master {
+        return Err(CommandError::Forbidden(
+            "the master cannot have a duress code; give one to each other person".into(),
+        ));
+    }
+    check_code_free(ctx.store, &key, Some((&user.id, Credential::Duress)))?;
+    let mut change = Change::duress(&mut user, key, ctx.now);
+    let mut set = event(ctx, EventType::CodeSet, &user, authority);
+    set.which = Some("duress".into());
+    change.events.push(set);
+    Ok(changed(request, &user, change))
+}
+
 enum Simple {
     ClearCode,
+    ClearDuress,
     Deactivate,
     Reactivate,
     Delete,
@@ -503,6 +534,7 @@ fn simple(
     if user.role == Role::Master {
         let msg = match what {
             Simple::ClearCode => "the master's code cannot be cleared, only replaced with set_code",
+            Simple::ClearDuress => "the master has no duress code",
             Simple::Deactivate => "the master cannot be deactivated",
             Simple::Delete => "the master cannot be deleted",
             Simple::Reactivate => "the master is always active",
@@ -510,11 +542,17 @@ fn simple(
         return Err(CommandError::Forbidden(msg.into()));
     }
     let old_key = user.code_key.as_deref().and_then(LookupKey::from_hex);
+    let old_duress = user.duress_key.as_deref().and_then(LookupKey::from_hex);
     let mut change = Change::default();
     let event_type = match what {
         Simple::ClearCode => {
             change.delete_codes.extend(old_key);
             user.code_key = None;
+            EventType::CodeCleared
+        }
+        Simple::ClearDuress => {
+            change.delete_codes.extend(old_duress);
+            user.duress_key = None;
             EventType::CodeCleared
         }
         Simple::Deactivate => {
@@ -527,12 +565,17 @@ fn simple(
         }
         Simple::Delete => {
             change.delete_codes.extend(old_key);
+            change.delete_codes.extend(old_duress);
             change.delete_users.push(user.id.clone());
             EventType::UserDeleted
         }
     };
     user.updated_at = ctx.now;
-    change.events.push(event(ctx, event_type, &user, authority));
+    let mut done = event(ctx, event_type, &user, authority);
+    if matches!(what, Simple::ClearDuress) {
+        done.which = Some("duress".into());
+    }
+    change.events.push(done);
     if !matches!(what, Simple::Delete) {
         change.put_users.push(user.clone());
     }
@@ -598,15 +641,17 @@ fn check_name_free(store: &Store, name: &str, except: Option<&str>) -> Result<()
     Ok(())
 }
 
+/// Refuses a code that any person already has, as a code or a duress code, except `owner`'s
+/// own secret of the same kind (setting one's current code again is not a duplicate).
 fn check_code_free(
     store: &Store,
     key: &LookupKey,
-    owner: Option<&str>,
+    owner: Option<(&str, Credential)>,
 ) -> Result<(), CommandError> {
-    match store.user_by_key(key)? {
-        Some(holder) if Some(holder.id.as_str()) != owner => Err(CommandError::DuplicateCode(
-            "that code is already in use; choose another one".into(),
-        )),
+    match store.credential_by_key(key)? {
+        Some((holder, which)) if Some((holder.id.as_str(), which)) != owner => Err(
+            CommandError::DuplicateCode("that code is already in use; choose another one".into()),
+        ),
         _ => Ok(()),
     }
 }

@@ -33,7 +33,7 @@ use crate::lockout::{LockoutRules, Lockouts};
 use crate::mqtt::{self, MqttEvent, Publisher};
 use crate::store::{Change, Create, Store};
 use crate::topics::Topics;
-use crate::users::{Role, Use, User};
+use crate::users::{Credential, Role, Use, User};
 
 /// How long a Zigbee2MQTT `(keypad, transaction)` is remembered: a keypad repeats a request
 /// that got no reply, and the repeat must not be applied twice.
@@ -528,8 +528,8 @@ impl Daemon {
         let Some(code) = code else {
             return self.refuse(source, now, None, "no_code").await;
         };
-        let user = match self.identify(&code).await {
-            Ok(Some(user)) => user,
+        let (user, credential) = match self.identify(&code).await {
+            Ok(Some(found)) => found,
             Ok(None) => return self.refuse(source, now, None, "wrong_code").await,
             Err(Lookup::Malformed) => {
                 return self.refuse(source, now, None, "malformed_code").await
@@ -547,18 +547,19 @@ impl Daemon {
                 .refuse(source, now, Some((&user, reason.as_str())), "")
                 .await;
         }
-        self.change(command, Some(user), source, request, now).await
+        self.change(command, Some((user, credential)), source, request, now)
+            .await
     }
 
     /// One Argon2id computation (off the runtime) and one lookup.
-    async fn identify(&self, code: &TypedCode) -> Result<Option<User>, Lookup> {
+    async fn identify(&self, code: &TypedCode) -> Result<Option<(User, Credential)>, Lookup> {
         let c = &self.config.codes;
         let code = code
             .parse(c.min_length, c.max_length)
             .map_err(|_| Lookup::Malformed)?;
         let keyer = self.keyer.clone();
         let store = self.store.clone();
-        blocking(move || store.user_by_key(&keyer.key(&code)))
+        blocking(move || store.credential_by_key(&keyer.key(&code)))
             .await
             .map_err(|e| {
                 tracing::error!("cannot look up a code: {e}");
@@ -622,11 +623,13 @@ impl Daemon {
     async fn change(
         &mut self,
         command: Command,
-        user: Option<User>,
+        user: Option<(User, Credential)>,
         source: &str,
         request: Request,
         now: Timestamp,
     ) -> Answer {
+        let duress_code = matches!(user, Some((_, Credential::Duress)));
+        let user = user.map(|(user, _)| user);
         let before = (
             self.alarm.clone(),
             self.attributes.clone(),
@@ -643,13 +646,13 @@ impl Daemon {
                     change.events.push(panic);
                 }
                 if let Some(user) = &user {
-                    if user.role == Role::Duress && command == Command::Disarm {
-                        // Silent: only this event tells; state, attributes and the keypad's
-                        // reply are those of any disarm.
-                        let duress = Event::new(EventType::Duress, now)
-                            .source(source)
-                            .about(user);
-                        change.events.push(duress);
+                    if (user.role == Role::Duress || duress_code) && command == Command::Disarm {
+                        // Silent: only this event tells; state, attributes (with the person's
+                        // own name), the use count and the keypad's reply are those of any
+                        // disarm.
+                        change
+                            .events
+                            .push(duress_event(user, duress_code, source, now));
                     }
                     self.last_user = Some(user.name.clone());
                     let mut used = user.clone();
@@ -1019,8 +1022,19 @@ impl Daemon {
             ));
         };
         let refused = match self.identify(auth).await {
-            Ok(Some(user)) => match user.check(Use::Manage, now, &self.tz) {
-                Ok(()) => return Ok(Authority::User(Box::new(user))),
+            Ok(Some((user, credential))) => match user.check(Use::Manage, now, &self.tz) {
+                Ok(()) => {
+                    if credential == Credential::Duress {
+                        // Coerced into managing codes: it works as their code, and tells.
+                        let event = duress_event(&user, true, admin::SOURCE, now);
+                        self.record(Change {
+                            events: vec![event],
+                            ..Change::default()
+                        })
+                        .await;
+                    }
+                    return Ok(Authority::User(Box::new(user)));
+                }
                 Err(reason) => Some((user, reason.as_str())),
             },
             Ok(None) | Err(Lookup::Malformed) => None,
@@ -1098,6 +1112,18 @@ where
         Ok(result) => result,
         Err(e) => Err(E::from(crate::store::StoreError::Task(e.to_string()))),
     }
+}
+
+/// The silent `duress` event. A person's own duress code (DESIGN 10a) names them but carries no
+/// `notify`: the coerced person's phone may be in the intruder's hands.
+fn duress_event(user: &User, own_duress_code: bool, source: &str, now: Timestamp) -> Event {
+    let mut event = Event::new(EventType::Duress, now)
+        .source(source)
+        .about(user);
+    if own_duress_code {
+        event.notify = None;
+    }
+    event
 }
 
 /// The saved alarm state: the newer of the store's copy and the file beside it. A damaged or

@@ -122,6 +122,9 @@ pub struct Event {
     pub target_state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_s: Option<u64>,
+    /// For `code_set` / `code_cleared` of a duress code: `"duress"` (DESIGN 10a).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub which: Option<String>,
 }
 
 impl Event {
@@ -140,6 +143,7 @@ impl Event {
             by_id: None,
             target_state: None,
             delay_s: None,
+            which: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! | tree       | key                        | value                                   |
 //! |------------|----------------------------|-----------------------------------------|
 //! | `users`    | user id (UTF-8)            | [`User`] as JSON (no code, only its lookup key) |
-//! | `codes`    | lookup key (32 bytes)      | user id                                 |
+//! | `codes`    | lookup key (32 bytes)      | user id; `<user id>/duress` for a duress code ([`code_entry`]) |
 //! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
 //! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts` | site values |
 //! | `applied`  | command id (UTF-8)         | `{"fingerprint", "result"}`: a keyed digest of the command, and its result (idempotency) |
@@ -31,9 +31,19 @@ use sled::Transactional;
 use crate::codes::{Argon2Params, LookupKey, LookupKeyer};
 use crate::config::{Config, StoreConfig};
 use crate::events::Event;
-use crate::users::{names_equal, Role, User};
+use crate::users::{names_equal, Credential, Role, User};
 
 const FORMAT: &[u8] = b"1";
+/// Marks a duress code's entry in the `codes` tree (user ids never hold a `/`).
+const DURESS_SUFFIX: &str = "/duress";
+
+/// The `codes` tree's value for a user's secret.
+pub fn code_entry(user_id: &str, which: Credential) -> String {
+    match which {
+        Credential::Code => user_id.to_owned(),
+        Credential::Duress => format!("{user_id}{DURESS_SUFFIX}"),
+    }
+}
 const SECRET_LEN: usize = 32;
 const SALT_LEN: usize = 16;
 const SECRET_CHECK_PURPOSE: &[u8] = b"keypad-bridge secret check v1";
@@ -108,6 +118,21 @@ impl Change {
         change.put_codes.push((key, user.id.clone()));
         user.code_key = Some(key.to_hex());
         user.uses = 0;
+        user.updated_at = now;
+        change.put_users.push(user.clone());
+        change
+    }
+
+    /// Gives `user` a new duress code (replacing any old one): the change, without events.
+    pub fn duress(user: &mut User, key: LookupKey, now: jiff::Timestamp) -> Change {
+        let mut change = Change::default();
+        change
+            .delete_codes
+            .extend(user.duress_key.as_deref().and_then(LookupKey::from_hex));
+        change
+            .put_codes
+            .push((key, code_entry(&user.id, Credential::Duress)));
+        user.duress_key = Some(key.to_hex());
         user.updated_at = now;
         change.put_users.push(user.clone());
         change
@@ -228,12 +253,26 @@ impl Store {
         &self.keyer
     }
 
-    /// The user a lookup key belongs to: one `codes` lookup, one `users` read.
+    /// The user a lookup key belongs to, whichever of their secrets it is.
     pub fn user_by_key(&self, key: &LookupKey) -> Result<Option<User>, StoreError> {
-        match self.codes.get(key.0)? {
-            Some(id) => self.user(&String::from_utf8_lossy(&id)),
-            None => Ok(None),
-        }
+        Ok(self.credential_by_key(key)?.map(|(user, _)| user))
+    }
+
+    /// The user a lookup key belongs to and which secret it is: one `codes` lookup, one
+    /// `users` read.
+    pub fn credential_by_key(
+        &self,
+        key: &LookupKey,
+    ) -> Result<Option<(User, Credential)>, StoreError> {
+        let Some(entry) = self.codes.get(key.0)? else {
+            return Ok(None);
+        };
+        let entry = String::from_utf8_lossy(&entry);
+        let (id, which) = match entry.strip_suffix(DURESS_SUFFIX) {
+            Some(id) => (id, Credential::Duress),
+            None => (entry.as_ref(), Credential::Code),
+        };
+        Ok(self.user(id)?.map(|user| (user, which)))
     }
 
     /// A site value kept by a [`Change`]'s `meta`.

@@ -437,6 +437,11 @@ pub struct User {
     /// Hex lookup key of the code in the store (never the code itself); `None` = no code.
     /// Never published: the roster only says `has_code`.
     pub code_key: Option<String>,
+    /// Hex lookup key of the person's duress code (DESIGN 10a): it does what their code does
+    /// and raises a silent `duress` event when it disarms. Never published beyond
+    /// `has_duress_code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duress_key: Option<String>,
     /// Passed through in events so an automation can route a notification to this person.
     pub notify: Option<String>,
     pub valid_from: Option<Timestamp>,
@@ -458,6 +463,7 @@ impl User {
             role,
             active: true,
             code_key: None,
+            duress_key: None,
             notify: None,
             valid_from: None,
             valid_until: None,
@@ -506,6 +512,10 @@ impl User {
         self.code_key.is_some()
     }
 
+    pub fn has_duress_code(&self) -> bool {
+        self.duress_key.is_some()
+    }
+
     pub fn roster_entry(&self) -> RosterEntry {
         RosterEntry {
             id: self.id.clone(),
@@ -513,6 +523,7 @@ impl User {
             role: self.role,
             active: self.active,
             has_code: self.has_code(),
+            has_duress_code: self.has_duress_code(),
             notify: self.notify.clone(),
             valid_from: self.valid_from,
             valid_until: self.valid_until,
@@ -534,6 +545,7 @@ pub struct RosterEntry {
     pub role: Role,
     pub active: bool,
     pub has_code: bool,
+    pub has_duress_code: bool,
     pub notify: Option<String>,
     pub valid_from: Option<Timestamp>,
     pub valid_until: Option<Timestamp>,
@@ -542,6 +554,14 @@ pub struct RosterEntry {
     pub uses: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// Which of a person's secrets identified them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Code,
+    /// Their duress code: the same effect as their code, plus a silent `duress` event.
+    Duress,
 }
 
 /// Names are unique case-insensitively ("alice" and "Alice" are one person). Trimming is the
@@ -924,7 +944,7 @@ mod tests {
     }
 
     #[test]
-    fn roster_entry_has_exactly_the_thirteen_keys_and_no_code_key() {
+    fn roster_entry_has_exactly_the_fourteen_keys_and_no_code_key() {
         let entry = serde_json::to_value(user(Role::User).roster_entry()).unwrap();
         let mut keys: Vec<&str> = entry
             .as_object()
@@ -939,6 +959,7 @@ mod tests {
             "role",
             "active",
             "has_code",
+            "has_duress_code",
             "notify",
             "valid_from",
             "valid_until",

@@ -658,3 +658,137 @@ fn a_power_cut_before_the_state_file_is_replaced_keeps_the_acknowledged_disarm()
     );
     assert!(w.daemon.log_text().contains("older than the store's copy"));
 }
+
+/// Drains `topic` and returns what arrived there, in order.
+fn arrived(w: &World, topic: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(m) = w
+        .probe
+        .try_wait_for(&w.topic(topic), Duration::from_millis(200), |_| true)
+    {
+        out.push(m.json());
+    }
+    out
+}
+
+/// One disarm by Bob, typed with `code` after arming with his own code: what was published.
+fn bobs_disarm(w: &World, code: &str) -> (Value, Vec<Value>) {
+    let r = w.json_keypad(json!({"code": "2468", "action": "arm_away"}));
+    assert_eq!(r["result"], "accepted");
+    w.wait_state("armed_away");
+    w.probe.drain();
+    let r = w.json_keypad(json!({"code": code, "action": "disarm"}));
+    w.wait_state("disarmed");
+    let events = arrived(w, "event");
+    let attributes = w
+        .probe
+        .wait_for(&w.topic("alarm/attributes"), |_| true)
+        .json();
+    assert_eq!(
+        w.probe.next(&w.topic("alarm/last_user")).text(),
+        "Bob",
+        "last_user"
+    );
+    (json!({"reply": r, "attributes": attributes}), events)
+}
+
+/// Without the times and sequence numbers, which differ between any two disarms.
+fn timeless(mut v: Value) -> Value {
+    for key in ["at", "seq"] {
+        if let Some(map) = v.as_object_mut() {
+            map.remove(key);
+        }
+    }
+    if let Some(map) = v.get_mut("attributes").and_then(Value::as_object_mut) {
+        map.remove("at");
+    }
+    v
+}
+
+#[test]
+fn a_persons_duress_code_disarms_as_their_code_does_with_a_silent_duress_event() {
+    let w = World::start(|s| {
+        s.set("lockout.max_failures", json!(10));
+    });
+    let bob = w.command(
+        json!({"id": "d1", "auth": "1234", "command": "add_user", "name": "Bob",
+                               "code": "2468", "notify": "mobile_app_bob"}),
+    );
+    assert_eq!(bob["ok"], true, "{bob}");
+    let set = w.command(
+        json!({"id": "d2", "auth": "1234", "command": "set_duress_code",
+                               "user": "Bob", "code": "2469"}),
+    );
+    assert_eq!(set["ok"], true, "{set}");
+    assert_eq!(set["user"]["has_duress_code"], true);
+    let event = w.wait_event("code_set");
+    let event = if event["which"] == "duress" {
+        event
+    } else {
+        w.wait_event("code_set")
+    };
+    assert_eq!(event["which"], "duress");
+    assert_eq!(event["user"], "Bob");
+    // Unique across every code and duress code; never for the master.
+    for (id, command, user, code, kind) in [
+        ("d3", "set_duress_code", "Bob", "2468", "duplicate_code"),
+        ("d4", "set_duress_code", "Bob", "1234", "duplicate_code"),
+        ("d5", "set_code", "Bob", "2469", "duplicate_code"),
+        ("d6", "set_duress_code", "Alice", "9753", "forbidden"),
+    ] {
+        let r = w.command(
+            json!({"id": id, "auth": "1234", "command": command, "user": user, "code": code}),
+        );
+        assert_eq!(r["error"]["kind"], kind, "{id}: {r}");
+    }
+    let (normal, normal_events) = bobs_disarm(&w, "2468");
+    let (duress, duress_events) = bobs_disarm(&w, "2469");
+    // The same reply and attributes, with Bob's own name.
+    assert_eq!(timeless(normal.clone()), timeless(duress.clone()));
+    assert_eq!(duress["attributes"]["user"], "Bob");
+    // The same events, plus one silent `duress` naming Bob without his `notify`.
+    let types = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(types(&normal_events), ["disarmed"]);
+    let mut expected = types(&normal_events);
+    expected.insert(0, "duress".to_owned());
+    assert_eq!(types(&duress_events), expected);
+    assert_eq!(
+        timeless(normal_events[0].clone()),
+        timeless(duress_events[1].clone())
+    );
+    assert_eq!(duress_events[0]["user"], "Bob");
+    assert!(
+        duress_events[0].get("notify").is_none(),
+        "{}",
+        duress_events[0]
+    );
+    // Nothing retained tells: the roster counts the use like any other and says nothing more.
+    let late = Probe::connect(
+        w.broker.port,
+        &[&w.topic("config/users"), &w.topic("alarm/#")],
+    );
+    let roster = late.next(&w.topic("config/users")).text();
+    assert!(!roster.contains("duress\""), "{roster}");
+    let roster: Value = serde_json::from_str(&roster).unwrap();
+    let entry = &roster["users"][1];
+    assert_eq!(entry["name"], "Bob");
+    assert_eq!(entry["uses"], 4);
+    assert_eq!(late.next(&w.topic("alarm/last_user")).text(), "Bob");
+    // Arming with it raises nothing; clearing it makes it a wrong code.
+    w.probe.drain();
+    let r = w.json_keypad(json!({"code": "2469", "action": "arm_away"}));
+    assert_eq!(r["result"], "accepted");
+    w.wait_state("armed_away");
+    assert_eq!(types(&arrived(&w, "event")), ["armed_away"]);
+    let r = w.command(
+        json!({"id": "d7", "auth": "1234", "command": "clear_duress_code", "user": "Bob"}),
+    );
+    assert_eq!(r["user"]["has_duress_code"], false, "{r}");
+    let r = w.json_keypad(json!({"code": "2469", "action": "disarm"}));
+    assert_eq!(r["result"], "invalid_code");
+}
