@@ -15,7 +15,8 @@
 //! [`Store::make_durable`] (sled's `flush()` plus an `fsync` of every file and the directory,
 //! because sled's flush does not persist file metadata, sled issue #1452). Only then may the
 //! caller acknowledge the change. The alarm state lives in a small JSON file next to the
-//! database, replaced atomically.
+//! database, replaced atomically. Everything here is the owner's only: the directory is 0700
+//! and its files 0600 whatever the umask, and a looser store is tightened (and logged) at open.
 //!
 //! All methods block: the daemon calls them through `spawn_blocking`.
 
@@ -168,7 +169,11 @@ impl Store {
                 }
             }
             create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+            create_private_dir(&path)?;
         }
+        // Before sled opens it: a looser mode found now was set by someone, not by us.
+        make_private(&path, Report::Loose)?;
+        make_private(&alarm_state_path(&path), Report::Loose)?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cfg.cache_mb.saturating_mul(1024 * 1024))
@@ -177,6 +182,8 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(e, &path))?;
+        // sled creates its files as the umask says; its directory is 0700 already.
+        make_private(&path, Report::Silently)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(e, &path));
         let users = tree("users")?;
         let codes = tree("codes")?;
@@ -636,6 +643,55 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// Whether [`make_private`] logs the paths it tightens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// Someone loosened them: say so.
+    Loose,
+    /// Just created under a permissive umask: nothing to tell.
+    Silently,
+}
+
+/// Gives `path` (a file, or a directory and everything below it) owner-only modes, 0700 for
+/// directories and 0600 for files: users, activity and lookup keys are nobody else's to read.
+/// A path that is missing, a symbolic link, or already private is left alone.
+fn make_private(path: &Path, report: Report) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let private = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o7077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(private)).map_err(io_err)?;
+        if report == Report::Loose {
+            tracing::warn!(
+                path = %path.display(),
+                old_mode = format_args!("{mode:04o}"),
+                new_mode = format_args!("{private:04o}"),
+                "part of the store was open to other accounts; made it private to its owner"
+            );
+        }
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(io_err)? {
+            make_private(&entry.map_err(io_err)?.path(), report)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file: fsync, rename, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
@@ -648,6 +704,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        // `mode` applies only to a new file: a leftover one keeps its own.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
