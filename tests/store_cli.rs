@@ -596,3 +596,31 @@ fn a_loosened_store_and_alarm_file_are_tightened_at_open_and_the_log_says_so() {
     w.daemon = w.site.start();
     w.wait_state("armed_away");
 }
+
+#[test]
+fn check_config_and_run_refuse_a_keypad_on_a_topic_the_bridge_uses_for_something_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clash.yaml");
+    std::fs::write(
+        &path,
+        "keypads:\n  - name: hall\n    protocol: zigbee2mqtt\n    topic: zigbee2mqtt/Hall keypad\n  - name: echo\n    protocol: plain\n    topic: zigbee2mqtt/Hall keypad/set\n  - name: ha\n    protocol: json\n    topic: homeassistant/status\n",
+    )
+    .unwrap();
+    for command in ["check-config", "run"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+            .args(["--config", path.to_str().unwrap(), command])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("line 7, column 12")
+                && text.contains("where the bridge answers the Zigbee2MQTT keypad \"hall\""),
+            "{command}: {text}"
+        );
+        assert!(
+            text.contains("line 10, column 12") && text.contains("Home Assistant's status topic"),
+            "{command}: {text}"
+        );
+    }
+}
