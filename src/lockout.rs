@@ -2,7 +2,8 @@
 //! a string such as `keypad:hall`, `homeassistant` or `admin`; each counts on its own. Pure: time
 //! is passed in, and the daemon asks [`Lockouts::check`] before hashing a code so a locked source
 //! costs no Argon2 work. The daemon keeps a snapshot ([`Lockouts::to_json`]) in the store, so
-//! cutting the power does not lift a lockout.
+//! cutting the power does not lift a lockout; `keypad-bridge unlock` lifts one by hand
+//! ([`Lockouts::unlock`]).
 
 use std::collections::{HashMap, VecDeque};
 
