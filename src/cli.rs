@@ -1,4 +1,5 @@
-//! The offline commands of DESIGN.md 8: `init`, `reset-master`, `users`, `activity`.
+//! The offline commands of DESIGN.md 8 and 10d: `init`, `reset-master`, `users`, `activity`,
+//! `unlock`.
 //!
 //! They open the store directly, so they refuse with a clear message while the daemon holds
 //! it. A code is read from the terminal without echo, or from stdin when that is not a
@@ -12,6 +13,7 @@ use jiff::Timestamp;
 use crate::codes::Code;
 use crate::config::Config;
 use crate::events::{Event, EventType};
+use crate::lockout::{self, LockoutRules, Lockouts};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::users::{Role, User};
 
@@ -187,4 +189,71 @@ pub fn activity(config: &Config, limit: usize, out: &mut dyn Write) -> anyhow::R
         writeln!(out, "{line}")?;
     }
     Ok(())
+}
+
+/// `unlock [SOURCE]`: lifts the lockout of one source, or of every source, and forgets its
+/// failures and its doubling; one `unlocked` event per source that had anything to forget.
+pub fn unlock(config: &Config, source: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = Store::open(config, Create::Refused)?;
+    let rules = LockoutRules::from_config(&config.lockout);
+    let mut lockouts = Lockouts::restore(rules, store.meta(lockout::META_KEY)?.as_deref());
+    let now = Timestamp::now();
+    let source = source.map(str::trim);
+    let unlocked = lockouts.unlock(source, now);
+    if unlocked.is_empty() {
+        match source {
+            Some(name) => {
+                write!(out, "{name} had nothing to unlock: it is not locked and no failed attempt is counted for it")?;
+                let mut known = vec!["admin".to_owned(), "homeassistant".to_owned()];
+                known.extend(config.keypads.iter().map(|k| format!("keypad:{}", k.name)));
+                if !known.iter().any(|k| k == name) {
+                    write!(out, " (the sources are {})", known.join(", "))?;
+                }
+                writeln!(out)?;
+            }
+            None => writeln!(out, "nothing was locked")?,
+        }
+        return Ok(());
+    }
+    let events = unlocked
+        .iter()
+        .map(|u| {
+            let mut event = Event::new(EventType::Unlocked, now).source(&u.source);
+            event.by = Some(SOURCE.to_owned());
+            event
+        })
+        .collect();
+    store.commit(Change {
+        events,
+        meta: vec![(lockout::META_KEY, lockouts.to_json())],
+        ..Change::default()
+    })?;
+    for u in &unlocked {
+        let mut line = match u.was_locked_until {
+            Some(until) => format!("unlocked {} (was locked until {until:.0})", u.source),
+            None => format!("{} was not locked", u.source),
+        };
+        if u.failures > 0 {
+            line.push_str(&format!(
+                "; forgot its {}",
+                plural(u.failures, "failed attempt")
+            ));
+        }
+        if u.lockouts > 0 {
+            line.push_str(&format!(
+                "; its next lockout lasts {} s again",
+                config.lockout.duration_s
+            ));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

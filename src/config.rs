@@ -1166,8 +1166,56 @@ fn check(config: &Config) -> Vec<Issue> {
     issues
 }
 
+/// What a topic the bridge publishes to or reads for another purpose than keypads is, in
+/// words that finish "keypad topic T is …": a keypad listening there would read the bridge's
+/// own replies or panel status (or Home Assistant's and Zigbee2MQTT's status) as code-less
+/// entries.
+fn reserved_topics(config: &Config) -> Vec<(String, String)> {
+    let mut reserved = Vec::new();
+    let zigbee = config
+        .keypads
+        .iter()
+        .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt);
+    for keypad in zigbee {
+        reserved.push((
+            crate::topics::Topics::zigbee2mqtt_set(&keypad.topic),
+            format!(
+                "where the bridge answers the Zigbee2MQTT keypad {:?} (its topic + /set)",
+                keypad.name
+            ),
+        ));
+        if let Some(z2m_base) = keypad.topic.split('/').next() {
+            reserved.push((
+                format!("{z2m_base}/bridge/state"),
+                format!(
+                    "where Zigbee2MQTT (of keypad {:?}) says whether it is online, which the \
+                     bridge reads",
+                    keypad.name
+                ),
+            ));
+        }
+    }
+    let topics = crate::topics::Topics::new(config);
+    reserved.push((
+        topics.ha_status.clone(),
+        "Home Assistant's status topic (`homeassistant.prefix` + /status), which the bridge \
+         reads"
+            .into(),
+    ));
+    if config.homeassistant.discovery {
+        for discovery in crate::homeassistant::discovery(config, &topics) {
+            reserved.push((
+                discovery.topic,
+                "a Home Assistant discovery topic the bridge publishes".into(),
+            ));
+        }
+    }
+    reserved
+}
+
 fn check_keypads(out: &mut Vec<Issue>, config: &Config) {
     let base = format!("{}/", config.mqtt.base_topic);
+    let reserved = reserved_topics(config);
     for (index, keypad) in config.keypads.iter().enumerate() {
         let at_name = format!("keypads[{index}].name");
         let at_topic = format!("keypads[{index}].topic");
@@ -1214,6 +1262,14 @@ fn check_keypads(out: &mut Vec<Issue>, config: &Config) {
                 format!(
                     "keypad topic {topic:?} is under `base_topic` ({base}), where the bridge \
                      itself publishes: pick a topic outside it"
+                ),
+            ));
+        } else if let Some((_, what)) = reserved.iter().find(|(t, _)| t == topic) {
+            out.push(issue(
+                &[&at_topic],
+                format!(
+                    "keypad topic {topic:?} is {what}: the bridge would take those messages for \
+                     keypad entries; pick another topic"
                 ),
             ));
         }
@@ -2032,6 +2088,49 @@ keypads:
         let mut sorted = found.clone();
         sorted.sort_by_key(|p| (p.line, p.column));
         assert_eq!(found, sorted);
+    }
+
+    #[test]
+    fn a_keypad_topic_the_bridge_publishes_to_or_reads_for_another_purpose_is_refused() {
+        let text = "\
+homeassistant: {prefix: ha}
+keypads:
+  - {name: hall, protocol: zigbee2mqtt, topic: z2m/Hall keypad}
+  - {name: echo, protocol: plain, topic: z2m/Hall keypad/set}
+  - {name: hass, protocol: json, topic: ha/status}
+  - {name: bridge, protocol: plain, topic: z2m/bridge/state}
+  - {name: disco, protocol: json, topic: ha/event/keypad-bridge/event/config}
+  - {name: self, protocol: zigbee2mqtt, topic: zb/bridge/state}
+";
+        let found = problems(text);
+        let got: Vec<(usize, usize, &str)> = found
+            .iter()
+            .map(|p| (p.line, p.column, p.message.as_str()))
+            .collect();
+        let expect = [
+            (4, 42, "keypad topic \"z2m/Hall keypad/set\" is where the bridge answers the Zigbee2MQTT keypad \"hall\""),
+            (5, 41, "keypad topic \"ha/status\" is Home Assistant's status topic"),
+            (6, 44, "keypad topic \"z2m/bridge/state\" is where Zigbee2MQTT (of keypad \"hall\") says"),
+            (7, 42, "keypad topic \"ha/event/keypad-bridge/event/config\" is a Home Assistant discovery topic"),
+            (8, 48, "keypad topic \"zb/bridge/state\" is where Zigbee2MQTT (of keypad \"self\") says"),
+        ];
+        assert_eq!(got.len(), expect.len(), "{got:#?}");
+        for ((line, column, message), wanted) in got.iter().zip(expect) {
+            assert_eq!((*line, *column), (wanted.0, wanted.1), "{message}");
+            assert!(
+                message.starts_with(wanted.2),
+                "{message:?} should start with {:?}",
+                wanted.2
+            );
+        }
+        // Near misses are other topics: accepted.
+        parse(
+            "keypads:\n  - {name: hall, protocol: zigbee2mqtt, topic: z2m/Hall keypad}\n  \
+             - {name: other, protocol: plain, topic: z2m/Hall keypad/get}\n  \
+             - {name: ha, protocol: json, topic: homeassistant/status/keypad}\n  \
+             - {name: state, protocol: plain, topic: zz/bridge/state}\n",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -31,10 +31,12 @@ pub enum EventType {
     UserDeactivated,
     UserReactivated,
     UserDeleted,
+    /// A lockout lifted by hand (`keypad-bridge unlock`, DESIGN.md 10d).
+    Unlocked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 22] = [
         EventType::ArmedHome,
         EventType::ArmedAway,
         EventType::ArmedNight,
@@ -56,6 +58,7 @@ impl EventType {
         EventType::UserDeactivated,
         EventType::UserReactivated,
         EventType::UserDeleted,
+        EventType::Unlocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl EventType {
             EventType::UserDeactivated => "user_deactivated",
             EventType::UserReactivated => "user_reactivated",
             EventType::UserDeleted => "user_deleted",
+            EventType::Unlocked => "unlocked",
         }
     }
 }
@@ -112,7 +116,8 @@ pub struct Event {
     /// End of a lockout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<Timestamp>,
-    /// Who made a code-management change (an addition to DESIGN.md 7: the acting user).
+    /// Who made a code-management change (an addition to DESIGN.md 7: the acting user);
+    /// `cli` for an `unlocked` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +202,7 @@ mod tests {
         }
         let names: std::collections::HashSet<_> =
             EventType::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 22);
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! a string such as `keypad:hall`, `homeassistant` or `admin`; each counts on its own. Pure: time
 //! is passed in, and the daemon asks [`Lockouts::check`] before hashing a code so a locked source
 //! costs no Argon2 work. The daemon keeps a snapshot ([`Lockouts::to_json`]) in the store, so
-//! cutting the power does not lift a lockout.
+//! cutting the power does not lift a lockout; `keypad-bridge unlock` lifts one by hand
+//! ([`Lockouts::unlock`]).
 
 use std::collections::{HashMap, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
+
+/// The key of the snapshot ([`Lockouts::to_json`]) in the store's `meta` tree.
+pub const META_KEY: &str = "lockouts";
 
 /// The `lockout:` config section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +45,17 @@ struct Source {
     /// Lockouts since the last success: the exponent of the doubling (a success resets only
     /// this, never the failures).
     lockouts: u32,
+}
+
+impl LockoutRules {
+    pub fn from_config(l: &crate::config::LockoutConfig) -> LockoutRules {
+        LockoutRules {
+            max_failures: l.max_failures,
+            window_s: l.window_s,
+            duration_s: l.duration_s,
+            max_duration_s: l.max_duration_s,
+        }
+    }
 }
 
 impl Lockouts {
@@ -118,6 +133,53 @@ impl Lockouts {
         if let Some(state) = self.sources.get_mut(source) {
             state.lockouts = 0;
         }
+    }
+}
+
+/// What [`Lockouts::unlock`] forgot about one source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unlocked {
+    pub source: String,
+    /// The end of the lock that was lifted; `None` when the source was not locked.
+    pub was_locked_until: Option<Timestamp>,
+    /// Failures that still counted (within `window_s`).
+    pub failures: usize,
+    /// Earlier lockouts: the exponent of the doubling.
+    pub lockouts: u32,
+}
+
+impl Lockouts {
+    /// Lifts the lock of `source`, or of every source with `None`, and forgets its failures
+    /// and its doubling. Returns what was forgotten, by source name; a source with nothing
+    /// in force (no lock, no failure within the window, no earlier lockout) is not listed.
+    pub fn unlock(&mut self, source: Option<&str>, now: Timestamp) -> Vec<Unlocked> {
+        let window =
+            SignedDuration::from_secs(i64::try_from(self.rules.window_s).unwrap_or(i64::MAX));
+        let names: Vec<String> = match source {
+            Some(name) => vec![name.to_owned()],
+            None => self.sources.keys().cloned().collect(),
+        };
+        let mut unlocked: Vec<Unlocked> = names
+            .into_iter()
+            .filter_map(|name| {
+                let state = self.sources.remove(&name)?;
+                let entry = Unlocked {
+                    was_locked_until: state.locked_until.filter(|&until| now < until),
+                    failures: state
+                        .failures
+                        .iter()
+                        .filter(|&&at| now.duration_since(at) < window)
+                        .count(),
+                    lockouts: state.lockouts,
+                    source: name,
+                };
+                let in_force =
+                    entry.was_locked_until.is_some() || entry.failures > 0 || entry.lockouts > 0;
+                in_force.then_some(entry)
+            })
+            .collect();
+        unlocked.sort_by(|a, b| a.source.cmp(&b.source));
+        unlocked
     }
 }
 
@@ -392,6 +454,83 @@ mod tests {
             let _ = l.record_failure(HALL, at(secs * 4));
             assert!(l.sources[HALL].failures.len() <= 3);
         }
+    }
+
+    #[test]
+    fn unlock_lifts_one_lock_and_forgets_its_doubling() {
+        let mut l = lockouts();
+        lock(&mut l, HALL, 0);
+        let locked = lock(&mut l, HALL, 100);
+        lock(&mut l, "admin", 0);
+        assert_eq!(
+            l.unlock(Some(HALL), at(110)),
+            [Unlocked {
+                source: HALL.into(),
+                was_locked_until: Some(locked.until),
+                failures: 0,
+                lockouts: 2,
+            }]
+        );
+        assert_eq!(l.check(HALL, at(110)), Ok(()));
+        // The next lockout is the first again: 90 s, not 360 s.
+        assert_eq!(lock(&mut l, HALL, 200).until, at(203 + 90));
+        assert!(
+            l.check("admin", at(10)).is_err(),
+            "the other sources stay locked"
+        );
+    }
+
+    #[test]
+    fn unlock_of_every_source_names_each_one_in_order() {
+        let mut l = lockouts();
+        lock(&mut l, HALL, 0);
+        lock(&mut l, "admin", 0);
+        l.record_failure("homeassistant", at(1));
+        let unlocked = l.unlock(None, at(10));
+        let names: Vec<&str> = unlocked.iter().map(|u| u.source.as_str()).collect();
+        assert_eq!(names, ["admin", "homeassistant", HALL]);
+        assert_eq!(unlocked[1].was_locked_until, None);
+        assert_eq!(unlocked[1].failures, 1);
+        for source in [HALL, "admin", "homeassistant"] {
+            assert_eq!(l.check(source, at(10)), Ok(()));
+        }
+        assert!(
+            l.unlock(None, at(10)).is_empty(),
+            "nothing is left to unlock"
+        );
+        let saved = Lockouts::restore(l.rules, Some(&l.to_json()));
+        assert!(saved.sources.is_empty());
+    }
+
+    #[test]
+    fn unlock_forgets_failures_of_a_source_that_is_not_locked() {
+        let mut l = lockouts();
+        for secs in [0, 1, 2] {
+            l.record_failure(HALL, at(secs));
+        }
+        let unlocked = l.unlock(Some(HALL), at(5));
+        assert_eq!(unlocked.len(), 1);
+        assert_eq!(
+            (unlocked[0].was_locked_until, unlocked[0].failures),
+            (None, 3)
+        );
+        // Three more failures do not lock: the first three are forgotten.
+        for secs in [6, 7, 8] {
+            assert_eq!(l.record_failure(HALL, at(secs)), None);
+        }
+    }
+
+    #[test]
+    fn unlock_of_an_unknown_or_clean_source_reports_nothing() {
+        let mut l = lockouts();
+        assert!(l.unlock(Some("keypad:nowhere"), at(0)).is_empty());
+        // A lock that has ended and failures older than the window are nothing in force.
+        l.record_failure("homeassistant", at(0));
+        assert!(l.unlock(Some("homeassistant"), at(600)).is_empty());
+        assert!(
+            l.sources.is_empty(),
+            "the stale entry is dropped all the same"
+        );
     }
 
     #[test]

@@ -47,6 +47,11 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Lift the lockout of a source (keypad:NAME, homeassistant, admin), or of all of them.
+    Unlock {
+        /// The source to unlock; every source when left out.
+        source: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -99,6 +104,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Users => cli::users(&config, stdout)?,
         Command::Activity { limit } => cli::activity(&config, limit, stdout)?,
+        Command::Unlock { source } => cli::unlock(&config, source.as_deref(), stdout)?,
     }
     Ok(ExitCode::SUCCESS)
 }

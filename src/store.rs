@@ -7,15 +7,23 @@
 //! | `users`    | user id (UTF-8)            | [`User`] as JSON (no code, only its lookup key) |
 //! | `codes`    | lookup key (32 bytes)      | user id; `<user id>/duress` for a duress code ([`code_entry`]) |
 //! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
-//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts` | site values |
+//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts`, `applied_next` | site values |
 //! | `applied`  | command id (UTF-8)         | `{"fingerprint", "result"}`: a keyed digest of the command, and its result (idempotency) |
+//! | `applied_order` | n (u64, big-endian)   | the command id applied n-th (`meta` `applied_next` is the next n) |
+//!
+//! `applied` keeps the newest [`MAX_APPLIED`] command ids: enough for what replays are for (a
+//! retained command re-delivered on each reconnect, a script that re-sends after a lost
+//! result), and a bound on a tree that would otherwise grow with every command for ever. An id
+//! older than that is forgotten, and a command re-using it is applied as new. [`Store::commit`]
+//! forgets the oldest id as it records a new one (O(1)), and opening trims an over-full tree.
 //!
 //! A code check is one Argon2id computation ([`LookupKeyer::key`]) and one `codes` lookup.
 //! Every change goes through [`Store::commit`]: one sled transaction over all trees, then
 //! [`Store::make_durable`] (sled's `flush()` plus an `fsync` of every file and the directory,
 //! because sled's flush does not persist file metadata, sled issue #1452). Only then may the
 //! caller acknowledge the change. The alarm state lives in a small JSON file next to the
-//! database, replaced atomically.
+//! database, replaced atomically. Everything here is the owner's only: the directory is 0700
+//! and its files 0600 whatever the umask, and a looser store is tightened (and logged) at open.
 //!
 //! All methods block: the daemon calls them through `spawn_blocking`.
 
@@ -25,7 +33,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
 use sled::Transactional;
 
 use crate::codes::{Argon2Params, LookupKey, LookupKeyer};
@@ -47,6 +58,9 @@ pub fn code_entry(user_id: &str, which: Credential) -> String {
 const SECRET_LEN: usize = 32;
 const SALT_LEN: usize = 16;
 const SECRET_CHECK_PURPOSE: &[u8] = b"keypad-bridge secret check v1";
+/// How many applied command ids the store remembers for replays (see the module docs).
+pub const MAX_APPLIED: u64 = 10_000;
+const APPLIED_NEXT: &str = "applied_next";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,10 +162,12 @@ pub struct Store {
     activity: sled::Tree,
     meta: sled::Tree,
     applied: sled::Tree,
+    applied_order: sled::Tree,
     keyer: LookupKeyer,
     path: PathBuf,
     alarm_path: PathBuf,
     max_activity: u64,
+    max_applied: u64,
 }
 
 /// Whether [`Store::open`] may create a new store.
@@ -193,7 +209,11 @@ impl Store {
                 }
             }
             create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+            create_private_dir(&path)?;
         }
+        // Before sled opens it: a looser mode found now was set by someone, not by us.
+        make_private(&path, Report::Loose)?;
+        make_private(&alarm_state_path(&path), Report::Loose)?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cfg.cache_mb.saturating_mul(1024 * 1024))
@@ -202,12 +222,15 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(e, &path))?;
+        // sled creates its files as the umask says; its directory is 0700 already.
+        make_private(&path, Report::Silently)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(e, &path));
         let users = tree("users")?;
         let codes = tree("codes")?;
         let activity = tree("activity")?;
         let meta = tree("meta")?;
         let applied = tree("applied")?;
+        let applied_order = tree("applied_order")?;
 
         let keyer = match meta.get("format")? {
             Some(format) => {
@@ -240,12 +263,15 @@ impl Store {
             activity,
             meta,
             applied,
+            applied_order,
             keyer,
             path,
             alarm_path,
             max_activity: max_activity.max(1),
+            max_applied: MAX_APPLIED,
         };
         store.trim_activity()?;
+        store.trim_applied()?;
         Ok(store)
     }
 
@@ -351,14 +377,16 @@ impl Store {
             .as_ref()
             .map(|(id, result)| (id.clone(), json_bytes(result)));
         let max_activity = self.max_activity;
+        let max_applied = self.max_applied;
         let result = (
             &self.users,
             &self.codes,
             &self.activity,
             &self.meta,
             &self.applied,
+            &self.applied_order,
         )
-            .transaction(|(tu, tc, ta, tm, tapp)| {
+            .transaction(|(tu, tc, ta, tm, tapp, torder)| {
                 for id in &change.delete_users {
                     tu.remove(id.as_bytes())?;
                 }
@@ -386,7 +414,7 @@ impl Store {
                 }
                 tm.insert("next_seq", &seq.to_be_bytes())?;
                 if let Some((id, bytes)) = &applied {
-                    tapp.insert(id.as_bytes(), bytes.as_slice())?;
+                    remember_applied((tapp, torder, tm), id, bytes, max_applied)?;
                 }
                 for (key, bytes) in &change.meta {
                     tm.insert(*key, bytes.as_slice())?;
@@ -491,6 +519,76 @@ impl Store {
         Ok(())
     }
 
+    /// Lowers (or raises) how many applied ids are kept, trimming at once: [`MAX_APPLIED`]
+    /// unless a test wants to see the bound at work.
+    pub fn set_max_applied(&mut self, max: u64) -> Result<(), StoreError> {
+        self.max_applied = max.max(1);
+        self.trim_applied()
+    }
+
+    /// Forgets the oldest applied ids beyond the bound. Ids without a place in `applied_order`
+    /// (kept by a store from before the bound, or left by an interrupted trim) count as the
+    /// oldest, in key order.
+    fn trim_applied(&self) -> Result<(), StoreError> {
+        let indexed = self.applied_order.len();
+        if self.applied.len() != indexed {
+            self.reindex_applied()?;
+        }
+        let max = usize::try_from(self.max_applied).unwrap_or(usize::MAX);
+        let excess = self.applied_order.len().saturating_sub(max);
+        if excess == 0 {
+            return Ok(());
+        }
+        let oldest = self
+            .applied_order
+            .iter()
+            .take(excess)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (n, id) in oldest {
+            self.applied.remove(id)?;
+            self.applied_order.remove(n)?;
+        }
+        self.make_durable()
+    }
+
+    /// Rebuilds `applied_order` from `applied`: ids without a place first, then the others
+    /// in the order they were applied.
+    fn reindex_applied(&self) -> Result<(), StoreError> {
+        let mut placed = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for entry in self.applied_order.iter().values() {
+            let id = entry?;
+            if self.applied.contains_key(&id)? && seen.insert(id.clone()) {
+                placed.push(id);
+            }
+        }
+        let mut order: Vec<sled::IVec> = self
+            .applied
+            .iter()
+            .keys()
+            .filter(|key| key.as_ref().map_or(true, |id| !seen.contains(id)))
+            .collect::<Result<_, _>>()?;
+        order.extend(placed);
+        let old: Vec<sled::IVec> = self.applied_order.iter().keys().collect::<Result<_, _>>()?;
+        let result = (&self.applied_order, &self.meta).transaction(|(torder, tm)| {
+            for n in &old {
+                torder.remove(n)?;
+            }
+            for (n, id) in (0u64..).zip(&order) {
+                torder.insert(&n.to_be_bytes(), id)?;
+            }
+            let next = u64::try_from(order.len()).unwrap_or(u64::MAX);
+            tm.insert(APPLIED_NEXT, &next.to_be_bytes())?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+        }
+        self.make_durable()
+    }
+
     fn decode_user(&self, bytes: &[u8]) -> Result<User, StoreError> {
         serde_json::from_slice(bytes)
             .map_err(|e| self.damaged(format!("a user record is unreadable: {e}")))
@@ -502,6 +600,28 @@ impl Store {
             what,
         }
     }
+}
+
+/// Records an applied command under its id, in `applied_order` too, and forgets the id applied
+/// `max` commands before it: O(1) per command. An id applied again keeps its place.
+fn remember_applied(
+    (tapp, torder, tm): (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    id: &str,
+    bytes: &[u8],
+    max: u64,
+) -> ConflictableTransactionResult<(), ()> {
+    if tapp.insert(id.as_bytes(), bytes)?.is_some() {
+        return Ok(());
+    }
+    let n = tm.get(APPLIED_NEXT)?.map_or(0, |v| read_u64(&v));
+    torder.insert(&n.to_be_bytes(), id.as_bytes())?;
+    tm.insert(APPLIED_NEXT, &n.saturating_add(1).to_be_bytes())?;
+    if let Some(oldest) = n.checked_sub(max) {
+        if let Some(old_id) = torder.remove(&oldest.to_be_bytes())? {
+            tapp.remove(old_id)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the alarm-state file of the store at `db` lives: `<db>.alarm.json`, beside it.
@@ -675,6 +795,55 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// Whether [`make_private`] logs the paths it tightens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// Someone loosened them: say so.
+    Loose,
+    /// Just created under a permissive umask: nothing to tell.
+    Silently,
+}
+
+/// Gives `path` (a file, or a directory and everything below it) owner-only modes, 0700 for
+/// directories and 0600 for files: users, activity and lookup keys are nobody else's to read.
+/// A path that is missing, a symbolic link, or already private is left alone.
+fn make_private(path: &Path, report: Report) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let private = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o7077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(private)).map_err(io_err)?;
+        if report == Report::Loose {
+            tracing::warn!(
+                path = %path.display(),
+                old_mode = format_args!("{mode:04o}"),
+                new_mode = format_args!("{private:04o}"),
+                "part of the store was open to other accounts; made it private to its owner"
+            );
+        }
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(io_err)? {
+            make_private(&entry.map_err(io_err)?.path(), report)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file: fsync, rename, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
@@ -687,6 +856,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        // `mode` applies only to a new file: a leftover one keeps its own.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
@@ -727,4 +898,100 @@ fn read_u64(bytes: &[u8]) -> u64 {
 /// Store values hold only strings, numbers and timestamps: serialising them cannot fail.
 fn json_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        let cfg = StoreConfig {
+            path: dir.join("db"),
+            secret_file: dir.join("secret"),
+            cache_mb: 1,
+        };
+        let params = Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        Store::open_with(&cfg, params, 100, Create::Allowed).unwrap()
+    }
+
+    fn apply(store: &Store, id: &str) {
+        store
+            .commit(Change {
+                applied: Some((id.to_owned(), serde_json::json!({"result": {"id": id}}))),
+                ..Change::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn with_a_bound_of_five_old_ids_are_forgotten_and_recent_ones_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.set_max_applied(5).unwrap();
+        for i in 0..8 {
+            apply(&store, &format!("c{i}"));
+        }
+        for i in 0..3 {
+            assert_eq!(store.applied(&format!("c{i}")).unwrap(), None, "c{i}");
+        }
+        for i in 3..8 {
+            let id = format!("c{i}");
+            let stored = store.applied(&id).unwrap().expect("a recent id replays");
+            assert_eq!(stored["result"]["id"], id.as_str());
+        }
+        assert_eq!((store.applied.len(), store.applied_order.len()), (5, 5));
+        // Re-applying a remembered id keeps its place; a forgotten one is applied as new.
+        apply(&store, "c7");
+        apply(&store, "c0");
+        assert!(store.applied("c3").unwrap().is_none());
+        assert!(store.applied("c0").unwrap().is_some());
+        assert_eq!(store.applied.len(), 5);
+
+        // Ids from before the bound (no place in the order) go first.
+        store.applied.insert("legacy", &b"{}"[..]).unwrap();
+        store.set_max_applied(5).unwrap();
+        assert!(store.applied("legacy").unwrap().is_none());
+        let kept: Vec<String> = ["c4", "c5", "c6", "c7", "c0"]
+            .into_iter()
+            .filter(|id| store.applied(id).unwrap().is_some())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(kept.len(), 5, "{kept:?}");
+        apply(&store, "c8");
+        assert!(
+            store.applied("c4").unwrap().is_none(),
+            "the oldest placed id went next"
+        );
+        assert_eq!((store.applied.len(), store.applied_order.len()), (5, 5));
+    }
+
+    #[test]
+    fn an_over_full_applied_tree_is_trimmed_to_the_newest_ten_thousand_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // As a store kept them before the bound: no order, so the ids count in key order.
+        for i in 0..10_005 {
+            store
+                .applied
+                .insert(format!("old-{i:05}"), &br#"{"result":{}}"#[..])
+                .unwrap();
+        }
+        store.make_durable().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.applied.len(), 10_000);
+        assert!(store.applied("old-00004").unwrap().is_none());
+        assert!(store.applied("old-00005").unwrap().is_some());
+        apply(&store, "new");
+        assert_eq!(store.applied.len(), 10_000);
+        assert!(store.applied("new").unwrap().is_some());
+        assert!(
+            store.applied("old-00005").unwrap().is_none(),
+            "the oldest went"
+        );
+    }
 }

@@ -475,10 +475,11 @@ fn discovery_describes_a_panel_a_last_user_sensor_and_an_event_entity() {
         "user_deactivated",
         "user_reactivated",
         "user_deleted",
+        "unlocked",
     ] {
         assert!(types.contains(&t), "event_types lacks {t}");
     }
-    assert_eq!(types.len(), 21);
+    assert_eq!(types.len(), 22);
 
     // Retained: a Home Assistant that connects later still finds them.
     let late = Probe::connect(w.broker.port, &[&format!("{}-ha/#", w.site.base)]);

@@ -407,3 +407,237 @@ fn lowering_max_entries_trims_the_log_at_the_next_open() {
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
 }
+
+/// Four wrong `auth`s lock the admin channel; three wrong codes count against the back keypad.
+fn lock_the_admin_channel_and_count_against_the_back_keypad(w: &World) {
+    for i in 0..4 {
+        let r =
+            w.command(json!({"id": format!("junk-{i}"), "auth": "0000", "command": "list_users"}));
+        assert_eq!(r["ok"], false, "{r}");
+    }
+    assert_eq!(w.wait_event("lockout")["source"], "admin");
+    for _ in 0..3 {
+        w.probe.publish(&w.site.plain_topic(), "0000", false);
+        w.probe.next(&w.topic("keypad/back/result"));
+    }
+}
+
+#[test]
+fn unlock_lifts_the_admin_lockout_that_survived_a_restart_and_logs_it() {
+    let mut w = World::start(|_| {});
+    lock_the_admin_channel_and_count_against_the_back_keypad(&w);
+    // While the daemon holds the store, the offline command refuses plainly.
+    let (ok, _, err) = w.site.cli(&["unlock", "admin"], "");
+    assert!(!ok && err.contains("in use by another process"), "{err}");
+    assert!(w.daemon.stop());
+
+    let (ok, out, err) = w.site.cli(&["unlock", "admin"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("unlocked admin (was locked until ") && out.lines().count() == 1,
+        "{out}"
+    );
+    let (ok, out, _) = w.site.cli(&["unlock", "admin"], "");
+    assert!(
+        ok && out.starts_with("admin had nothing to unlock"),
+        "{out}"
+    );
+    let (ok, out, _) = w.site.cli(&["unlock", "keypad:nowhere"], "");
+    assert!(ok, "an unknown source is not an error");
+    assert!(
+        out.contains("keypad:nowhere had nothing to unlock")
+            && out.contains("the sources are admin, homeassistant, keypad:hall"),
+        "{out}"
+    );
+
+    let (ok, out, _) = w.site.cli(&["activity", "--limit", "1"], "");
+    assert!(ok);
+    assert!(
+        out.contains("unlocked") && out.contains("source=admin") && out.contains("by=cli"),
+        "{out}"
+    );
+
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    let r = w.command(json!({"id": "after", "auth": "1234", "command": "list_users"}));
+    assert_eq!(r["ok"], true, "the admin channel works again: {r}");
+    let r = w.command(json!({"id": "log", "auth": "1234", "command": "activity", "limit": 5}));
+    let unlocked: Vec<&serde_json::Value> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "unlocked")
+        .collect();
+    assert_eq!(unlocked.len(), 1, "{r}");
+    assert_eq!(unlocked[0]["source"], "admin");
+    assert_eq!(unlocked[0]["by"], "cli");
+}
+
+#[test]
+fn unlock_without_a_source_clears_every_source_and_forgets_counted_failures() {
+    let mut w = World::start(|_| {});
+    lock_the_admin_channel_and_count_against_the_back_keypad(&w);
+    assert!(w.daemon.stop());
+
+    let (ok, out, err) = w.site.cli(&["unlock"], "");
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("unlocked admin (was locked until "),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("keypad:back was not locked; forgot its 3 failed attempts"),
+        "{out}"
+    );
+    let (ok, out, _) = w.site.cli(&["activity", "--limit", "2"], "");
+    assert!(ok);
+    assert_eq!(
+        out.matches("unlocked").count(),
+        2,
+        "one event per source: {out}"
+    );
+    assert!(out.contains("source=keypad:back"), "{out}");
+    let (ok, out, _) = w.site.cli(&["unlock"], "");
+    assert!(ok && out.trim() == "nothing was locked", "{out}");
+
+    // The three failures are forgotten: three more do not lock the back keypad.
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    for _ in 0..3 {
+        w.probe.publish(&w.site.plain_topic(), "0000", false);
+        let r = w.probe.next(&w.topic("keypad/back/result")).json();
+        assert_eq!(r["result"], "invalid_code");
+    }
+    w.probe.publish(&w.site.plain_topic(), "1234", false);
+    let r = w.probe.next(&w.topic("keypad/back/result")).json();
+    assert_eq!(r["result"], "accepted", "{r}");
+}
+
+/// Every path below `dir` (itself included) with its permission bits.
+fn modes_below(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut out = vec![(
+        dir.to_owned(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(modes_below(&path));
+        } else {
+            out.push((
+                path.clone(),
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            ));
+        }
+    }
+    out
+}
+
+fn assert_private(paths: &[(std::path::PathBuf, u32)]) {
+    for (path, mode) in paths {
+        let wanted = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, wanted, "{} has mode {mode:o}", path.display());
+    }
+}
+
+#[test]
+fn a_new_store_is_private_even_under_a_permissive_umask_in_an_open_parent() {
+    let site = Site::new(1);
+    let parent = site.store_dir();
+    std::fs::create_dir(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_keypad-bridge"))
+        .args(["--config", site.config_path().to_str().unwrap(), "init"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"1234\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("tightened"),
+        "a new store is not reported as loose: {err}"
+    );
+    let modes = modes_below(&parent.join("db"));
+    assert!(modes.len() > 2, "{modes:?}");
+    assert_private(&modes);
+    let secret = std::fs::metadata(parent.join("secret")).unwrap();
+    assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    // The parent was the owner's to choose: left as it was.
+    let parent_mode = std::fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
+    assert_eq!(parent_mode, 0o755);
+}
+
+#[test]
+fn a_loosened_store_and_alarm_file_are_tightened_at_open_and_the_log_says_so() {
+    let mut w = World::start(|_| {});
+    w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
+    assert!(w.daemon.stop());
+    let db = w.site.store_dir().join("db");
+    let alarm = w.site.store_dir().join("db.alarm.json");
+    for (path, mode) in modes_below(&db) {
+        let loose = if path.is_dir() { 0o755 } else { mode | 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+    }
+    std::fs::set_permissions(&alarm, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let (ok, out, err) = w.site.cli(&["users"], "");
+    assert!(ok && out.contains("Alice"), "{err}");
+    assert!(
+        err.contains(&format!("{}", db.display())) && err.contains("0755"),
+        "the log names the store and its old mode: {err}"
+    );
+    assert!(
+        err.contains(&format!("{}", alarm.display())) && err.contains("0644"),
+        "{err}"
+    );
+    assert_private(&modes_below(&db));
+    let alarm_mode = std::fs::metadata(&alarm).unwrap().permissions().mode() & 0o777;
+    assert_eq!(alarm_mode, 0o600);
+
+    // Tightened once: the next open has nothing to say, and the daemon comes up armed.
+    let (ok, _, err) = w.site.cli(&["users"], "");
+    assert!(ok && err.is_empty(), "{err}");
+    w.daemon = w.site.start();
+    w.wait_state("armed_away");
+}
+
+#[test]
+fn check_config_and_run_refuse_a_keypad_on_a_topic_the_bridge_uses_for_something_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clash.yaml");
+    std::fs::write(
+        &path,
+        "keypads:\n  - name: hall\n    protocol: zigbee2mqtt\n    topic: zigbee2mqtt/Hall keypad\n  - name: echo\n    protocol: plain\n    topic: zigbee2mqtt/Hall keypad/set\n  - name: ha\n    protocol: json\n    topic: homeassistant/status\n",
+    )
+    .unwrap();
+    for command in ["check-config", "run"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+            .args(["--config", path.to_str().unwrap(), command])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("line 7, column 12")
+                && text.contains("where the bridge answers the Zigbee2MQTT keypad \"hall\""),
+            "{command}: {text}"
+        );
+        assert!(
+            text.contains("line 10, column 12") && text.contains("Home Assistant's status topic"),
+            "{command}: {text}"
+        );
+    }
+}
