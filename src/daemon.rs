@@ -40,7 +40,7 @@ use crate::users::{Credential, Role, Use, User};
 const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
 const HOMEASSISTANT: &str = "homeassistant";
 /// The `meta` key of the lockout counts.
-const LOCKOUTS: &str = "lockouts";
+const LOCKOUTS: &str = crate::lockout::META_KEY;
 /// The `meta` key of the store's copy of the alarm state, committed with the events, use
 /// counts and lockouts of the same change (the file beside the store follows it).
 const ALARM_STATE: &str = "alarm_state";
@@ -142,13 +142,7 @@ pub async fn run_with_store(
         a.entry_delay_s,
         a.trigger_time_s,
     );
-    let l = &config.lockout;
-    let rules = LockoutRules {
-        max_failures: l.max_failures,
-        window_s: l.window_s,
-        duration_s: l.duration_s,
-        max_duration_s: l.max_duration_s,
-    };
+    let rules = LockoutRules::from_config(&config.lockout);
     // A lockout survives a restart: cutting the power must not give a guesser a fresh count.
     let lockouts = Lockouts::restore(rules, store.meta(LOCKOUTS)?.as_deref());
     let keyer = store.keyer().clone();
