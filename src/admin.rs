@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde_json::{json, Map, Value};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::codes::{Code, LookupKey, LookupKeyer};
+use crate::codes::{wipe_json, Code, LookupKey, LookupKeyer, WipedJson};
 use crate::events::{Event, EventType};
 use crate::keypad::TypedCode;
 use crate::store::{Change, Store, StoreError};
@@ -135,22 +135,10 @@ impl Request {
 /// Fields that hold a code or a tag: never part of a fingerprint, wiped when the request goes.
 const SECRET_FIELDS: [&str; 2] = ["code", "tag"];
 
+/// A code may be in any field (one swapped by mistake): every string is overwritten.
 impl Drop for Request {
     fn drop(&mut self) {
-        for value in self.fields.values_mut() {
-            wipe(value);
-        }
-    }
-}
-
-/// Overwrites every string in a parsed JSON value (a code may be in any of them, e.g. in a
-/// field swapped by mistake).
-fn wipe(value: &mut Value) {
-    match value {
-        Value::String(s) => s.zeroize(),
-        Value::Array(items) => items.iter_mut().for_each(wipe),
-        Value::Object(map) => map.values_mut().for_each(wipe),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        self.fields.values_mut().for_each(wipe_json);
     }
 }
 
@@ -171,14 +159,14 @@ pub fn parse(payload: &[u8]) -> Result<Request, (Partial, CommandError)> {
         );
         return Err((partial, CommandError::PayloadTooLarge(msg)));
     }
-    let value: Value = match serde_json::from_slice(payload) {
+    let mut value = match WipedJson::parse(payload) {
         Ok(v) => v,
         Err(e) => {
             let msg = format!("the command is not valid UTF-8 JSON: {e}");
             return Err((partial, CommandError::InvalidJson(msg)));
         }
     };
-    let Value::Object(mut fields) = value else {
+    let Value::Object(fields) = &mut value.0 else {
         let msg = "a command is one JSON object, like {\"id\": \"1\", \"command\": \"list_users\"}";
         return Err((partial, CommandError::InvalidJson(msg.into())));
     };
@@ -220,8 +208,15 @@ pub fn parse(payload: &[u8]) -> Result<Request, (Partial, CommandError)> {
     };
     let auth = match fields.remove("auth") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => TypedCode::from_text(&s),
-        Some(_) => Some(TypedCode::NotText),
+        Some(Value::String(mut s)) => {
+            let auth = TypedCode::from_text(&s);
+            s.zeroize();
+            auth
+        }
+        Some(mut other) => {
+            wipe_json(&mut other);
+            Some(TypedCode::NotText)
+        }
     };
     if !known {
         let msg = format!(
@@ -235,7 +230,7 @@ pub fn parse(payload: &[u8]) -> Result<Request, (Partial, CommandError)> {
         id,
         command,
         auth,
-        fields,
+        fields: std::mem::take(fields),
     })
 }
 

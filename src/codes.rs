@@ -58,6 +58,34 @@ impl Drop for Code {
     }
 }
 
+/// A parsed JSON message that may hold a code (a keypad entry, a command): every string in it
+/// is overwritten when it is dropped. (serde_json's own scratch buffer for escaped strings
+/// and the MQTT client's read buffers are beyond reach.)
+pub struct WipedJson(pub serde_json::Value);
+
+impl WipedJson {
+    pub fn parse(bytes: &[u8]) -> serde_json::Result<WipedJson> {
+        serde_json::from_slice(bytes).map(WipedJson)
+    }
+}
+
+impl Drop for WipedJson {
+    fn drop(&mut self) {
+        wipe_json(&mut self.0);
+    }
+}
+
+/// Overwrites every string of a JSON value, keys left as they are.
+pub fn wipe_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => zeroize::Zeroize::zeroize(s),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
 /// Argon2id cost parameters, recorded in the store when it is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Argon2Params {
@@ -184,6 +212,20 @@ impl LookupKeyer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wiping_a_parsed_message_overwrites_every_string_in_it() {
+        let mut v: serde_json::Value = serde_json::from_str(
+            r#"{"code": "4711", "user": {"name": "0042", "x": ["1234", 5]}, "n": 6}"#,
+        )
+        .unwrap();
+        wipe_json(&mut v);
+        let text = v.to_string();
+        for digits in ["4711", "0042", "1234"] {
+            assert!(!text.contains(digits), "{text}");
+        }
+        assert_eq!(v["n"], 6);
+    }
 
     fn keyer(secret: &[u8]) -> LookupKeyer {
         let params = Argon2Params {

@@ -296,12 +296,14 @@ impl Daemon {
             }
             MqttEvent::Message {
                 topic,
-                payload,
+                mut payload,
                 retain,
                 ..
             } => {
                 tracing::debug!(topic, bytes = payload.len(), retain, "message");
                 self.on_message(&topic, &payload, retain, at).await;
+                // The payload may hold a code: overwritten before its memory is released.
+                zeroize::Zeroize::zeroize(&mut payload);
                 self.flush().await;
             }
         }
@@ -1168,10 +1170,12 @@ fn zigbee2mqtt_bridges(config: &Config) -> Vec<String> {
 /// Reads `B/alarm/set`: `{"action": "DISARM", "code": "1234"}` or the bare action.
 fn parse_alarm_set(payload: &[u8]) -> Result<(Request, Option<TypedCode>), String> {
     let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
-    let (action, code) = match serde_json::from_str::<Value>(text) {
+    let parsed = crate::codes::WipedJson::parse(text.as_bytes());
+    // Borrowed, not copied: a misconfigured sender may put the code in `action`.
+    let (action, code): (&str, _) = match parsed.as_ref().map(|v| &v.0) {
         Ok(Value::Object(map)) => {
             let action = match map.get("action") {
-                Some(Value::String(a)) => a.clone(),
+                Some(Value::String(a)) => a.as_str(),
                 _ => return Err("`action` must be a string".into()),
             };
             let code = match map.get("code") {
@@ -1182,17 +1186,18 @@ fn parse_alarm_set(payload: &[u8]) -> Result<(Request, Option<TypedCode>), Strin
             };
             (action, code)
         }
-        Ok(Value::String(action)) => (action, None),
-        _ => (text.trim().to_owned(), None),
+        Ok(Value::String(action)) => (action.as_str(), None),
+        _ => (text.trim(), None),
     };
-    let request = match action.to_ascii_uppercase().as_str() {
-        "ARM_AWAY" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedAway)),
-        "ARM_HOME" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedHome)),
-        "ARM_NIGHT" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedNight)),
-        "ARM_VACATION" => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedVacation)),
-        "DISARM" => Request::Keypad(KeypadAction::Disarm),
-        "TRIGGER" => Request::Trigger,
-        _ => {
+    let is = |word: &str| action.eq_ignore_ascii_case(word);
+    let request = match () {
+        () if is("ARM_AWAY") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedAway)),
+        () if is("ARM_HOME") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedHome)),
+        () if is("ARM_NIGHT") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedNight)),
+        () if is("ARM_VACATION") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedVacation)),
+        () if is("DISARM") => Request::Keypad(KeypadAction::Disarm),
+        () if is("TRIGGER") => Request::Trigger,
+        () => {
             // The text is not echoed: a malformed payload may hold a code.
             return Err(format!(
                 "unknown action ({} characters); expected ARM_AWAY, ARM_HOME, ARM_NIGHT, \

@@ -5,6 +5,8 @@
 
 use serde_json::{json, Value};
 
+use crate::codes::WipedJson;
+
 use super::{Answer, KeypadAction, KeypadInput, Parsed, TypedCode};
 use crate::alarm::{AlarmState, ArmMode};
 
@@ -12,11 +14,11 @@ pub fn parse(payload: &[u8]) -> Parsed {
     if payload.is_empty() {
         return Parsed::Ignore;
     }
-    let value: Value = match serde_json::from_slice(payload) {
+    let value = match WipedJson::parse(payload) {
         Ok(v) => v,
         Err(e) => return Parsed::Invalid(format!("the message is not valid JSON ({e})")),
     };
-    let Value::Object(map) = value else {
+    let Value::Object(map) = &value.0 else {
         return Parsed::Invalid(
             "the message must be a JSON object like {\"code\": \"<digits>\", \"action\": \"arm_away\"}".into(),
         );

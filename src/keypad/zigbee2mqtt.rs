@@ -7,15 +7,17 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::codes::WipedJson;
+
 use super::{Answer, KeypadAction, KeypadInput, Parsed, TypedCode};
 use crate::alarm::{AlarmState, ArmMode};
 
 pub fn parse(payload: &[u8]) -> Parsed {
-    let value: Value = match serde_json::from_slice(payload) {
+    let value = match WipedJson::parse(payload) {
         Ok(v) => v,
         Err(e) => return Parsed::Invalid(format!("the message is not valid JSON ({e})")),
     };
-    let Value::Object(map) = value else {
+    let Value::Object(map) = &value.0 else {
         return Parsed::Invalid("the message must be a JSON object".into());
     };
     let action = match map.get("action") {
