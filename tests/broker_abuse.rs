@@ -201,3 +201,54 @@ fn a_live_keypad_entry_published_retained_is_applied_once_and_its_retained_copy_
         .assert_silent(&w.topic("keypad/front/result"), Duration::from_millis(500));
     w.probe.publish(&w.site.json_topic(), Vec::new(), true);
 }
+
+/// Connects with `client_id`, which makes the broker drop the client that had it, then leaves.
+fn take_over(port: u16, client_id: &str) {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    let start = Instant::now();
+    let mut connected = false;
+    while start.elapsed() < WAIT {
+        match connection.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_)))) if !connected => {
+                connected = true;
+                client.disconnect().unwrap();
+            }
+            Ok(Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => panic!("the takeover connection failed: {e}"),
+        }
+    }
+    panic!("the takeover connection did not complete within {WAIT:?}");
+}
+
+#[test]
+fn a_connection_dropped_right_after_connecting_does_not_reset_the_backoff_and_says_so() {
+    let w = World::start(|_| {});
+    let client_id = w.site.config["mqtt"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = w.topic("status");
+    let mut retries = Vec::new();
+    for _ in 0..2 {
+        w.probe.drain();
+        take_over(w.broker.port, &client_id);
+        w.probe.wait_for(&status, |m| m.text() == "online");
+        let log = w.daemon.log_text();
+        retries = log
+            .lines()
+            .filter(|l| l.contains("dropped") && l.contains("after connecting"))
+            .map(str::to_owned)
+            .collect();
+    }
+    assert_eq!(retries.len(), 2, "{}", w.daemon.log_text());
+    let broker = format!("127.0.0.1:{} (no TLS", w.broker.port);
+    assert!(retries.iter().all(|l| l.contains(&broker)), "{retries:#?}");
+    assert!(retries[0].ends_with("retrying in 0.25 s"), "{retries:#?}");
+    assert!(
+        retries[1].ends_with("retrying in 0.5 s"),
+        "a connection that lasted less than 30 s must not reset the backoff: {retries:#?}"
+    );
+}
