@@ -135,7 +135,7 @@ pub async fn run_with_store(
         notify: None,
         generation: 0,
     });
-    let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status)?;
+    let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, &topics.config_set)?;
     let a = &config.alarm;
     let timings = Timings::new(
         |mode| a.exit_delay_s.get(mode),
@@ -206,8 +206,13 @@ pub async fn run_with_store(
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
             // Messages before deadlines: each message first advances the alarm to the time
-            // it arrived, so a code typed before a deadline counts before it.
-            event = inbox.messages.recv() => match event {
+            // it arrived, so a code typed before a deadline counts before it. Keypads and
+            // the alarm before code management: a flood of commands cannot silence them.
+            event = inbox.urgent.recv() => match event {
+                Some(event) => daemon.on_mqtt(event).await,
+                None => anyhow::bail!("the MQTT connection task stopped"),
+            },
+            event = inbox.admin.recv() => match event {
                 Some(event) => daemon.on_mqtt(event).await,
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },

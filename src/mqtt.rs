@@ -1,38 +1,53 @@
 //! The MQTT connection: the only module that imports rumqttc.
 //!
+//! The daemon speaks MQTT 5 (`rumqttc::v5`) for one property: Maximum Packet Size, sent in
+//! CONNECT, makes the broker drop messages too large for this client instead of sending them.
+//! With MQTT 3.1.1 an oversized message (a retained one, re-sent on every reconnect) was a
+//! connection error that kept the daemon offline for good (issue 8).
+//!
 //! rumqttc's event loop runs in its own task (its `poll()` is not documented as cancel-safe
-//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs over two channels:
-//! connection events (each (re)connection and subscription acknowledgement, never dropped) and
-//! incoming messages (bounded: dropped with a warning rather than stalling the connection). After a
-//! connection error rumqttc would reconnect at once in a tight loop, so the task sleeps with
-//! a growing backoff. The daemon connects with a clean session, so it re-subscribes on every
-//! [`MqttEvent::Connected`] (rumqtt issues #250, #857).
+//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs over three channels:
+//! connection events (each (re)connection and subscription acknowledgement, never dropped),
+//! urgent messages (keypads, `B/alarm/set`, Home Assistant's and Zigbee2MQTT's status) and
+//! code-management commands (`B/config/set`). The two message queues are bounded and drop with
+//! a rate-limited warning rather than stall the connection; a flood of commands fills only its
+//! own queue, and the daemon takes the urgent queue first. After a connection error rumqttc
+//! would reconnect at once in a tight loop, so the task sleeps with a growing [`Backoff`]. The
+//! daemon connects with a clean start, so it re-subscribes on every [`MqttEvent::Connected`]
+//! (rumqtt issues #250, #857).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rumqttc::mqttbytes::v4::SubscribeReasonCode;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, SubscribeFilter,
-    TlsConfiguration, Transport,
+use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::{self, QoS};
+use rumqttc::v5::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, StateError,
 };
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 
-/// Largest packet accepted from the broker. Commands over 64 KiB are answered
-/// `payload_too_large`; this bound only keeps a rogue publisher from exhausting memory.
-const MAX_INCOMING_PACKET: usize = 1024 * 1024;
+/// Largest packet accepted from the broker, announced in CONNECT so that the broker drops
+/// larger ones for this client. Commands over 64 KiB are answered `payload_too_large`; this
+/// bound only keeps a rogue publisher from exhausting memory.
+const MAX_INCOMING_PACKET: u32 = 1024 * 1024;
 
-/// How many incoming messages may wait for the daemon. Beyond that (a flood, or a slow
+/// How many messages may wait for the daemon in each queue. Beyond that (a flood, or a slow
 /// Raspberry Pi hashing codes) messages are dropped with a warning rather than blocking the
 /// connection task, which must keep polling so that the daemon's own publishes go out.
 const QUEUE: usize = 256;
 
+/// At most one drop warning per queue in this time.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// Bytes kept of an incoming payload. Nothing the daemon reads is larger than a 64 KiB
 /// command; one byte more is enough for the command parser to answer `payload_too_large`,
-/// and it bounds the queue's memory (256 × 64 KiB) on a small Raspberry Pi.
+/// and it bounds the queues' memory (2 × 256 × 64 KiB) on a small Raspberry Pi.
 const KEPT_PAYLOAD: usize = crate::admin::MAX_PAYLOAD + 1;
 
 /// What the connection task reports.
@@ -46,6 +61,9 @@ pub enum MqttEvent {
         topic: String,
         /// At most [`KEPT_PAYLOAD`] bytes.
         payload: Vec<u8>,
+        /// Set only on a retained message sent because of the subscription; a message
+        /// published while subscribed arrives with it off, retained or not (MQTT 5
+        /// Retain As Published off, the same as MQTT 3.1.1).
         retain: bool,
         /// When the message arrived: a code typed before a deadline counts before it, even
         /// if the daemon was busy when the deadline passed.
@@ -57,6 +75,8 @@ pub enum MqttEvent {
 #[derive(Clone, Debug)]
 pub struct Publisher {
     client: AsyncClient,
+    /// Set once the daemon asks to disconnect: only then does a DISCONNECT end the task.
+    closing: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -73,9 +93,11 @@ impl Publisher {
     }
 
     pub async fn subscribe(&self, topics: &[String]) {
+        // Retain As Published stays off, so the retain flag tells a retained message sent on
+        // subscribing from a live one.
         let filters = topics
             .iter()
-            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+            .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce));
         if let Err(e) = self.client.subscribe_many(filters).await {
             tracing::warn!("cannot queue the subscriptions: {e}");
         }
@@ -83,35 +105,43 @@ impl Publisher {
 
     /// Sends a DISCONNECT after everything queued before it.
     pub async fn disconnect(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         if let Err(e) = self.client.disconnect().await {
             tracing::debug!("disconnect request not queued: {e}");
         }
     }
 }
 
-/// Builds the client from the config and starts the connection task.
-/// The two streams from the connection task: connection events (rare, never dropped) and
-/// incoming messages (bounded).
+/// The three streams from the connection task: connection events (rare, never dropped),
+/// urgent messages and code-management commands (each bounded).
 pub struct Inbox {
     pub control: mpsc::UnboundedReceiver<MqttEvent>,
-    pub messages: mpsc::Receiver<MqttEvent>,
+    /// Keypads, `B/alarm/set`, Home Assistant's and Zigbee2MQTT's status: never behind
+    /// commands.
+    pub urgent: mpsc::Receiver<MqttEvent>,
+    /// Messages on the config topic (`B/config/set`).
+    pub admin: mpsc::Receiver<MqttEvent>,
 }
 
+/// Builds the client from the config and starts the connection task. Messages on
+/// `config_topic` go to [`Inbox::admin`], all others to [`Inbox::urgent`].
 pub fn connect(
     config: &Config,
     status_topic: &str,
+    config_topic: &str,
 ) -> anyhow::Result<(Publisher, Inbox, JoinHandle<()>)> {
     let m = &config.mqtt;
     let mut options = MqttOptions::new(&m.client_id, &m.host, m.port);
     options
         .set_keep_alive(Duration::from_secs(m.keepalive_s))
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET)
+        .set_clean_start(true)
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
         .set_last_will(LastWill::new(
             status_topic,
             "offline",
             QoS::AtLeastOnce,
             true,
+            None,
         ));
     if let Some(password) = config.read_mqtt_password()? {
         let Some(username) = &m.username else {
@@ -121,6 +151,7 @@ pub fn connect(
     } else if let Some(username) = &m.username {
         options.set_credentials(username, "");
     }
+    let tls = m.tls.ca_file.is_some();
     if let Some(ca_file) = &m.tls.ca_file {
         // rumqttc is built without a default crypto provider: use ring (FACTS.md).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -132,26 +163,186 @@ pub fn connect(
             client_auth: None,
         }));
     }
+    let broker = Broker {
+        address: format!("{}:{}", m.host, m.port),
+        tls,
+    };
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (control_tx, control) = mpsc::unbounded_channel();
-    let (messages_tx, messages) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(drive(eventloop, control_tx, messages_tx));
-    Ok((Publisher { client }, Inbox { control, messages }, task))
+    let (urgent_tx, urgent) = mpsc::channel(QUEUE);
+    let (admin_tx, admin) = mpsc::channel(QUEUE);
+    let closing = Arc::new(AtomicBool::new(false));
+    let queues = Queues {
+        config_topic: config_topic.to_owned(),
+        urgent: (urgent_tx, Drops::new("alarm and keypad messages")),
+        admin: (admin_tx, Drops::new("code-management commands")),
+    };
+    let task = tokio::spawn(drive(
+        eventloop,
+        broker,
+        control_tx,
+        queues,
+        closing.clone(),
+    ));
+    Ok((
+        Publisher { client, closing },
+        Inbox {
+            control,
+            urgent,
+            admin,
+        },
+        task,
+    ))
 }
 
-/// Polls the event loop until the DISCONNECT has gone out. It never waits for the daemon:
-/// the daemon's publishes only leave while this loop polls.
+/// Where the daemon connects, for log lines.
+struct Broker {
+    address: String,
+    tls: bool,
+}
+
+impl std::fmt::Display for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = if self.tls { "TLS" } else { "no TLS" };
+        write!(f, "{} ({tls}, MQTT 5)", self.address)
+    }
+}
+
+/// The two message queues, sorted by topic.
+struct Queues {
+    config_topic: String,
+    urgent: (mpsc::Sender<MqttEvent>, Drops),
+    admin: (mpsc::Sender<MqttEvent>, Drops),
+}
+
+impl Queues {
+    fn push(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+        let (queue, drops) = if topic == self.config_topic {
+            &mut self.admin
+        } else {
+            &mut self.urgent
+        };
+        let event = MqttEvent::Message {
+            topic,
+            payload,
+            retain,
+            at: jiff::Timestamp::now(),
+        };
+        let now = Instant::now();
+        let due = match queue.try_send(event) {
+            Ok(()) => drops.due(now),
+            Err(mpsc::error::TrySendError::Full(_)) => drops.dropped(now),
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        };
+        if let Some(n) = due {
+            tracing::warn!(
+                "the daemon is behind on {}: {n} dropped, its queue of {QUEUE} being full \
+                 (a flood?); at most one such warning every {} s",
+                drops.queue,
+                DROP_WARNING_EVERY.as_secs()
+            );
+        }
+    }
+}
+
+/// Counts the messages dropped from one queue and says so at most once per
+/// [`DROP_WARNING_EVERY`]. Pure: time is passed in.
+#[derive(Debug)]
+struct Drops {
+    queue: &'static str,
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Drops {
+    fn new(queue: &'static str) -> Drops {
+        Drops {
+            queue,
+            unreported: 0,
+            last_warning: None,
+        }
+    }
+
+    /// A message was dropped at `now`; returns how many drops to report, if a warning is due.
+    fn dropped(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        self.due(now)
+    }
+
+    /// The drops not reported yet, if there are some and the last warning is old enough.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.unreported == 0 {
+            return None;
+        }
+        if let Some(at) = self.last_warning {
+            if now.saturating_duration_since(at) < DROP_WARNING_EVERY {
+                return None;
+            }
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+/// The wait before the next connection attempt, doubling from [`Backoff::FIRST`] to
+/// [`Backoff::LONGEST`]. Only a connection that stayed up [`Backoff::STABLE`] starts it
+/// again from the first: one that drops right after its ConnAck (a broker that accepts, then
+/// sends something this client cannot take) must not turn into a reconnect loop. Pure: time
+/// is passed in.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    connected_at: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const LONGEST: Duration = Duration::from_secs(30);
+    const STABLE: Duration = Duration::from_secs(30);
+
+    fn new() -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            connected_at: None,
+        }
+    }
+
+    fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// A connection attempt failed, or the connection dropped, at `now`. Returns how long the
+    /// connection had been up (`None` if there was none) and how long to wait.
+    fn failed(&mut self, now: Instant) -> (Option<Duration>, Duration) {
+        let lasted = self
+            .connected_at
+            .take()
+            .map(|at| now.saturating_duration_since(at));
+        if lasted.is_some_and(|up| up >= Self::STABLE) {
+            self.next = Self::FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::LONGEST);
+        (lasted, wait)
+    }
+}
+
+/// Polls the event loop until the DISCONNECT the daemon asked for has gone out. It never
+/// waits for the daemon: the daemon's publishes only leave while this loop polls.
 async fn drive(
     mut eventloop: EventLoop,
+    broker: Broker,
     control: mpsc::UnboundedSender<MqttEvent>,
-    messages: mpsc::Sender<MqttEvent>,
+    mut queues: Queues,
+    closing: Arc<AtomicBool>,
 ) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new();
+    tracing::info!("connecting to the MQTT broker at {broker}");
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                tracing::info!("connected to the MQTT broker");
-                backoff = Duration::from_millis(250);
+                tracing::info!("connected to the MQTT broker at {broker}");
+                backoff.connected(Instant::now());
                 let _ = control.send(MqttEvent::Connected);
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
@@ -159,35 +350,112 @@ async fn drive(
                     .return_codes
                     .iter()
                     .enumerate()
-                    .filter(|(_, code)| matches!(code, SubscribeReasonCode::Failure))
+                    .filter(|(_, code)| !matches!(code, SubscribeReasonCode::Success(_)))
                     .map(|(i, _)| i)
                     .collect();
                 let _ = control.send(MqttEvent::Subscribed { refused });
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
                 let kept = p.payload.len().min(KEPT_PAYLOAD);
-                let event = MqttEvent::Message {
-                    topic: p.topic,
-                    payload: p.payload[..kept].to_vec(),
-                    retain: p.retain,
-                    at: jiff::Timestamp::now(),
-                };
-                if let Err(mpsc::error::TrySendError::Full(MqttEvent::Message { topic, .. })) =
-                    messages.try_send(event)
-                {
-                    tracing::warn!(topic, "too many messages waiting: dropping this one");
-                }
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                queues.push(topic, p.payload[..kept].to_vec(), p.retain);
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) if closing.load(Ordering::Relaxed) => return,
             Ok(_) => {}
             Err(e) => {
                 if control.is_closed() {
                     return;
                 }
-                tracing::warn!("MQTT connection error: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let hint = if let ConnectionError::MqttState(StateError::Deserialization(
+                    mqttbytes::Error::PayloadSizeLimitExceeded { .. },
+                )) = e
+                {
+                    " (the broker sent a message over the 1 MiB this client asked for at most: \
+                     limit message sizes on the broker, mosquitto's message_size_limit)"
+                } else {
+                    ""
+                };
+                let (lasted, wait) = backoff.failed(Instant::now());
+                let wait_s = wait.as_secs_f64();
+                match lasted {
+                    Some(up) => tracing::warn!(
+                        "the connection to {broker} dropped {:.1} s after connecting: \
+                         {e}{hint}; retrying in {wait_s} s",
+                        up.as_secs_f64()
+                    ),
+                    None => tracing::warn!(
+                        "cannot connect to the MQTT broker at {broker}: {e}{hint}; \
+                         retrying in {wait_s} s"
+                    ),
+                }
+                tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_connection_that_drops_within_seconds_does_not_reset_the_backoff() {
+        let mut b = Backoff::new();
+        let mut now = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            b.connected(now);
+            now += 2 * S;
+            let (lasted, wait) = b.failed(now);
+            assert_eq!(lasted, Some(2 * S));
+            waits.push(wait.as_millis());
+            now += wait;
+        }
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+        );
+    }
+
+    #[test]
+    fn a_connection_that_stayed_up_thirty_seconds_starts_the_backoff_again() {
+        let mut b = Backoff::new();
+        let now = Instant::now();
+        for _ in 0..4 {
+            b.failed(now);
+        }
+        b.connected(now);
+        assert_eq!(b.failed(now + 29 * S), (Some(29 * S), 4 * S));
+        b.connected(now);
+        assert_eq!(b.failed(now + 30 * S), (Some(30 * S), Backoff::FIRST));
+        assert_eq!(b.failed(now + 31 * S), (None, 2 * Backoff::FIRST));
+    }
+
+    #[test]
+    fn failed_attempts_double_the_wait_up_to_thirty_seconds() {
+        let mut b = Backoff::new();
+        let now = Instant::now();
+        let waits: Vec<_> = (0..10).map(|_| b.failed(now).1.as_millis()).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+    }
+
+    #[test]
+    fn drops_are_reported_at_once_then_at_most_every_ten_seconds_with_their_count() {
+        let mut d = Drops::new("test");
+        let now = Instant::now();
+        assert_eq!(d.due(now), None, "nothing dropped, nothing to say");
+        assert_eq!(d.dropped(now), Some(1));
+        for i in 1..=1000 {
+            assert_eq!(d.dropped(now + Duration::from_millis(i)), None);
+        }
+        assert_eq!(d.due(now + 9 * S), None);
+        assert_eq!(d.due(now + 10 * S), Some(1000));
+        assert_eq!(d.due(now + 30 * S), None, "each drop is reported once");
+        assert_eq!(d.dropped(now + 31 * S), Some(1));
     }
 }

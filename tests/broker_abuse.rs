@@ -1,0 +1,254 @@
+//! What anyone who may publish on the broker can throw at the daemon (issue 8, items 2 and 3):
+//! an oversized retained message on a topic it reads must not keep it offline, and a flood of
+//! junk on the config topic must not silence the alarm. The master is Alice, code 1234.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Larger than the 1 MiB the daemon accepts; mosquitto's default `message_size_limit` lets it
+/// through.
+const OVERSIZED: usize = 2 * 1024 * 1024;
+
+/// Puts an oversized retained message on `topic`, then starts the daemon: it must come online,
+/// stay online, and answer a keypad entry and a TRIGGER.
+fn oversized_retained_message_does_not_keep_the_daemon_offline(topic: impl Fn(&Site) -> String) {
+    let broker = Broker::start();
+    let mut site = Site::new(broker.port);
+    site.set("alarm.entry_delay_s", json!(30));
+    site.init("Alice", "1234");
+    let probe = Probe::connect(broker.port, &["#"]);
+    let topic = topic(&site);
+    let mut payload = br#"{"state":"online","code":"QZX-OVERSIZED","action":"arm_away"}"#.to_vec();
+    payload.resize(OVERSIZED, b' ');
+    probe.publish(&topic, payload, true);
+    probe.wait_for(&topic, |m| m.payload.len() == OVERSIZED);
+
+    let daemon = site.start();
+    let status = site.topic("status");
+    probe.wait_for(&status, |m| m.text() == "online");
+    // Today's daemon drops the connection at the retained message, the broker publishes the
+    // last will, and it reconnects: `offline`, `online`, `offline`... several times a second.
+    let flap = probe.try_wait_for(&status, Duration::from_secs(3), |_| true);
+    assert!(
+        flap.is_none(),
+        "the status changed after `online`: {:?}; log:\n{}",
+        flap.map(|m| m.text()),
+        daemon.log_text()
+    );
+
+    probe.publish_json(
+        &site.json_topic(),
+        &json!({"code": "1234", "action": "arm_away"}),
+    );
+    let reply = probe.next(&site.topic("keypad/front/result")).json();
+    assert_eq!(reply["result"], "accepted", "{reply}");
+    probe.wait_for(&site.topic("alarm/state"), |m| m.text() == "armed_away");
+    probe.publish(
+        &site.topic("alarm/set"),
+        fixture("homeassistant/trigger.json"),
+        false,
+    );
+    probe.wait_for(&site.topic("alarm/state"), |m| m.text() == "pending");
+
+    let log = daemon.log_text();
+    let connections = log.matches("connected to").count();
+    assert_eq!(connections, 1, "one connection, no flapping; log:\n{log}");
+    assert!(
+        !log.contains("QZX-OVERSIZED"),
+        "the oversized message's content reached the log"
+    );
+}
+
+#[test]
+fn an_oversized_retained_message_on_a_keypad_topic_does_not_keep_the_daemon_offline() {
+    oversized_retained_message_does_not_keep_the_daemon_offline(Site::json_topic);
+}
+
+#[test]
+fn an_oversized_retained_home_assistant_status_does_not_keep_the_daemon_offline() {
+    oversized_retained_message_does_not_keep_the_daemon_offline(|s| {
+        format!("{}-ha/status", s.base)
+    });
+}
+
+#[test]
+fn an_oversized_retained_zigbee2mqtt_bridge_state_does_not_keep_the_daemon_offline() {
+    oversized_retained_message_does_not_keep_the_daemon_offline(|s| {
+        format!("{}-z2m/bridge/state", s.base)
+    });
+}
+
+/// Publishes junk commands on `topic` at QoS 0 from its own connection until `stop` is set
+/// (at most `limit` of them, for at most 10 s); returns how many went out.
+fn flood(
+    port: u16,
+    topic: String,
+    stop: Arc<AtomicBool>,
+    limit: usize,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut options =
+            rumqttc::MqttOptions::new(format!("flood-{}", rand_suffix()), "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut connection) = rumqttc::Client::new(options, 1000);
+        let poller = std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let mut sent = 0;
+        let start = Instant::now();
+        while sent < limit
+            && !stop.load(Ordering::Relaxed)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            let junk = json!({"id": format!("junk-{sent}"), "command": "add_user",
+                              "name": format!("x{sent}"), "role": "user"});
+            if client
+                .publish(&topic, rumqttc::QoS::AtMostOnce, false, junk.to_string())
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        let _ = client.disconnect();
+        let _ = poller.join();
+        sent
+    })
+}
+
+#[test]
+fn a_flood_on_the_config_topic_does_not_silence_triggers_or_keypad_entries() {
+    let w = World::start(|s| {
+        s.set("alarm.entry_delay_s", json!(30));
+    });
+    w.wait_state("disarmed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = flood(
+        w.broker.port,
+        w.topic("config/set"),
+        stop.clone(),
+        2_000_000,
+    );
+    // The flood has reached the daemon once it answers junk.
+    w.probe.wait_for(&w.topic("config/result"), |_| true);
+
+    let start = Instant::now();
+    for round in 0..3 {
+        let reply = w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
+        assert_eq!(reply["result"], "accepted", "round {round}: {reply}");
+        w.wait_state("armed_away");
+        w.probe.publish(
+            &w.topic("alarm/set"),
+            fixture("homeassistant/trigger.json"),
+            false,
+        );
+        w.wait_state("pending");
+        let reply = w.json_keypad(json!({"code": "1234", "action": "disarm"}));
+        assert_eq!(reply["result"], "accepted", "round {round}: {reply}");
+        w.wait_state("disarmed");
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    assert!(sent > 1000, "the flood was only {sent} messages");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the alarm inputs took {elapsed:?} during the flood"
+    );
+
+    let log = w.daemon.log_text();
+    let warnings = log.lines().filter(|l| l.contains("dropp")).count();
+    assert!(
+        warnings <= 3,
+        "{warnings} drop warnings for a flood of {sent} (expected at most 3):\n{}",
+        log.lines()
+            .filter(|l| l.contains("dropp"))
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// MQTT 5 keeps MQTT 3.1.1's retain flag (Retain As Published off): a message published while
+/// the daemon is subscribed arrives with it off, even if the publisher set it, so a live entry
+/// is applied; the retained copy, sent again on the next subscription, is not.
+#[test]
+fn a_live_keypad_entry_published_retained_is_applied_once_and_its_retained_copy_never() {
+    let mut w = World::start(|_| {});
+    w.wait_state("disarmed");
+    w.probe.publish(
+        &w.site.json_topic(),
+        json!({"code": "1234", "action": "arm_away"}).to_string(),
+        true,
+    );
+    let reply = w.probe.next(&w.topic("keypad/front/result")).json();
+    assert_eq!(reply["result"], "accepted", "{reply}");
+    w.wait_state("armed_away");
+    w.restart();
+    w.wait_state("armed_away");
+    w.probe
+        .assert_silent(&w.topic("keypad/front/result"), Duration::from_millis(500));
+    w.probe.publish(&w.site.json_topic(), Vec::new(), true);
+}
+
+/// Connects with `client_id`, which makes the broker drop the client that had it, then leaves.
+fn take_over(port: u16, client_id: &str) {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    let start = Instant::now();
+    let mut connected = false;
+    while start.elapsed() < WAIT {
+        match connection.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_)))) if !connected => {
+                connected = true;
+                client.disconnect().unwrap();
+            }
+            Ok(Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => panic!("the takeover connection failed: {e}"),
+        }
+    }
+    panic!("the takeover connection did not complete within {WAIT:?}");
+}
+
+#[test]
+fn a_connection_dropped_right_after_connecting_does_not_reset_the_backoff_and_says_so() {
+    let w = World::start(|_| {});
+    let client_id = w.site.config["mqtt"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = w.topic("status");
+    let mut retries = Vec::new();
+    for _ in 0..2 {
+        w.probe.drain();
+        take_over(w.broker.port, &client_id);
+        w.probe.wait_for(&status, |m| m.text() == "online");
+        let log = w.daemon.log_text();
+        retries = log
+            .lines()
+            .filter(|l| l.contains("dropped") && l.contains("after connecting"))
+            .map(str::to_owned)
+            .collect();
+    }
+    assert_eq!(retries.len(), 2, "{}", w.daemon.log_text());
+    let broker = format!("127.0.0.1:{} (no TLS", w.broker.port);
+    assert!(retries.iter().all(|l| l.contains(&broker)), "{retries:#?}");
+    assert!(retries[0].ends_with("retrying in 0.25 s"), "{retries:#?}");
+    assert!(
+        retries[1].ends_with("retrying in 0.5 s"),
+        "a connection that lasted less than 30 s must not reset the backoff: {retries:#?}"
+    );
+}
