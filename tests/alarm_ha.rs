@@ -677,13 +677,17 @@ fn bobs_disarm(w: &World, code: &str) -> (Value, Vec<Value>) {
     let r = w.json_keypad(json!({"code": "2468", "action": "arm_away"}));
     assert_eq!(r["result"], "accepted");
     w.wait_state("armed_away");
+    w.wait_event("armed_away");
+    w.probe.wait_for(&w.topic("alarm/last_user"), |_| true);
     w.probe.drain();
     let r = w.json_keypad(json!({"code": code, "action": "disarm"}));
     w.wait_state("disarmed");
     let events = arrived(w, "event");
     let attributes = w
         .probe
-        .wait_for(&w.topic("alarm/attributes"), |_| true)
+        .wait_for(&w.topic("alarm/attributes"), |m| {
+            m.json()["action"] == "disarm"
+        })
         .json();
     assert_eq!(
         w.probe.next(&w.topic("alarm/last_user")).text(),
