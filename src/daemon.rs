@@ -167,7 +167,7 @@ pub async fn run_with_store(
         timings,
         lockouts,
         tz,
-        transactions: HashMap::new(),
+        transactions: zigbee2mqtt::Replies::new(TRANSACTION_MEMORY),
         digest_keys: std::collections::hash_map::RandomState::new(),
         ignored_triggers: HashMap::new(),
         outbox: Vec::new(),
@@ -269,7 +269,7 @@ struct Daemon {
     /// error until they do; Zigbee2MQTT issues #6242, #8997).
     zigbee2mqtt_bridges: Vec<String>,
     /// Replies sent to Zigbee2MQTT keypads, by (keypad, transaction).
-    transactions: HashMap<Exchange, (tokio::time::Instant, String)>,
+    transactions: zigbee2mqtt::Replies<Exchange>,
     /// Keys the in-memory digests of keypad requests (never stored, never sent).
     digest_keys: std::collections::hash_map::RandomState,
     /// When each source last had a `trigger_ignored` event recorded, per alarm state.
@@ -404,15 +404,14 @@ impl Daemon {
             request: self.exchange_digest(&input),
         });
         if let Some(key) = &memory_key {
-            self.transactions
-                .retain(|_, (at, _)| at.elapsed() < TRANSACTION_MEMORY);
-            if let Some((_, reply)) = self.transactions.get(key) {
+            let remembered = self.transactions.get(key, std::time::Instant::now());
+            if let Some(reply) = remembered.map(str::to_owned) {
                 tracing::info!(
                     keypad = keypad.name,
                     "repeated transaction: same reply, not applied again"
                 );
                 let topic = Topics::zigbee2mqtt_set(&keypad.topic);
-                self.publisher.publish(&topic, reply.clone(), false).await;
+                self.publisher.publish(&topic, reply, false).await;
                 return;
             }
         }
@@ -442,7 +441,7 @@ impl Daemon {
         };
         if let Some(key) = memory_key {
             self.transactions
-                .insert(key, (tokio::time::Instant::now(), reply.clone()));
+                .insert(key, reply.clone(), std::time::Instant::now());
         }
         // The reply goes before the state publishes queued in the outbox.
         self.publisher.publish(&topic, reply, false).await;

@@ -112,9 +112,116 @@ pub fn bridge_online(payload: &[u8]) -> bool {
         .is_ok_and(|v| v.get("state").and_then(Value::as_str) == Some("online"))
 }
 
+/// Replies remembered for a while, by exchange, so that a keypad repeating a request gets
+/// the same reply and the request is not applied twice. O(1) per message: entries expire
+/// oldest first, and at most [`Replies::CAPACITY`] are kept (a flood of distinct requests
+/// pushes out the oldest instead of growing memory). Time is passed in.
+#[derive(Debug)]
+pub struct Replies<K> {
+    ttl: std::time::Duration,
+    by_key: std::collections::HashMap<K, (std::time::Instant, String)>,
+    order: std::collections::VecDeque<(std::time::Instant, K)>,
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Replies<K> {
+    /// 256 transaction numbers for each of a few keypads, with room to spare.
+    pub const CAPACITY: usize = 1024;
+
+    pub fn new(ttl: std::time::Duration) -> Replies<K> {
+        Replies {
+            ttl,
+            by_key: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The reply remembered for `key`, if it was given less than the time to live ago.
+    pub fn get(&mut self, key: &K, now: std::time::Instant) -> Option<&str> {
+        self.expire(now);
+        self.by_key.get(key).map(|(_, reply)| reply.as_str())
+    }
+
+    pub fn insert(&mut self, key: K, reply: String, now: std::time::Instant) {
+        self.expire(now);
+        while self.order.len() >= Self::CAPACITY {
+            self.pop_oldest();
+        }
+        self.order.push_back((now, key.clone()));
+        self.by_key.insert(key, (now, reply));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn expire(&mut self, now: std::time::Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.saturating_duration_since(*at) < self.ttl {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((at, key)) = self.order.pop_front() {
+            // A key given again later has a newer entry: only its own entry goes.
+            if self.by_key.get(&key).is_some_and(|(t, _)| *t == at) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod replies {
+        use super::super::Replies;
+        use std::time::{Duration, Instant};
+
+        #[test]
+        fn a_reply_is_remembered_for_ten_seconds_and_then_forgotten() {
+            let t0 = Instant::now();
+            let mut r = Replies::new(Duration::from_secs(10));
+            r.insert(("hall", 7u8), "invalid_code".to_owned(), t0);
+            assert_eq!(
+                r.get(&("hall", 7), t0 + Duration::from_millis(9_999)),
+                Some("invalid_code")
+            );
+            assert_eq!(r.get(&("front", 7), t0), None);
+            assert_eq!(r.get(&("hall", 7), t0 + Duration::from_secs(10)), None);
+            assert!(r.is_empty());
+        }
+
+        #[test]
+        fn a_flood_of_distinct_requests_keeps_at_most_the_capacity() {
+            let t0 = Instant::now();
+            let mut r = Replies::new(Duration::from_secs(10));
+            for i in 0..5000u32 {
+                r.insert(i, "x".to_owned(), t0);
+                assert!(r.len() <= Replies::<u32>::CAPACITY);
+            }
+            // The newest are kept, the oldest pushed out.
+            assert_eq!(r.get(&4999, t0), Some("x"));
+            assert_eq!(r.get(&0, t0), None);
+        }
+
+        #[test]
+        fn a_key_given_again_keeps_its_newer_reply_when_the_older_expires() {
+            let t0 = Instant::now();
+            let mut r = Replies::new(Duration::from_secs(10));
+            r.insert(1u8, "first".to_owned(), t0);
+            r.insert(1u8, "second".to_owned(), t0 + Duration::from_secs(5));
+            assert_eq!(r.get(&1, t0 + Duration::from_secs(11)), Some("second"));
+            assert_eq!(r.get(&1, t0 + Duration::from_secs(15)), None);
+        }
+    }
 
     #[test]
     fn both_forms_of_the_bridge_state_are_understood() {
