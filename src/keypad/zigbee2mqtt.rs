@@ -40,7 +40,7 @@ pub fn parse(payload: &[u8]) -> Parsed {
     };
     Parsed::Input(KeypadInput {
         action,
-        code: code(&map),
+        code: code(map),
         transaction: map
             .get("action_transaction")
             .and_then(Value::as_u64)
