@@ -15,7 +15,7 @@ use crate::codes::{wipe_json, Code, LookupKey, LookupKeyer, WipedJson};
 use crate::events::{Event, EventType};
 use crate::keypad::TypedCode;
 use crate::store::{Change, Store, StoreError};
-use crate::users::{names_equal, Credential, Role, User, Window};
+use crate::users::{names_equal, Credential, DenyReason, Role, Use, User, Window};
 
 /// Commands larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -270,6 +270,67 @@ impl Authority {
     fn is_admin(&self) -> bool {
         matches!(self, Authority::User(u) if u.role == Role::Admin)
     }
+}
+
+/// The first look at who is asking, before any store read or Argon2 computation.
+#[derive(Debug)]
+pub enum Gate<'a> {
+    Authorised(Authority),
+    /// `auth` must be identified (one Argon2id), then given to [`authorise`].
+    Identify(&'a TypedCode),
+    Refused(CommandError),
+}
+
+/// Who may send a command without a code: with `admin.trust_broker` anyone the broker lets
+/// publish; while no master exists, the one who creates it (the bootstrap rule). Anyone else
+/// is answered `unauthorized` at once, uncounted and without a lookup: nothing about an id or
+/// its stored result reaches a sender who is not authorised.
+pub fn gate<'a>(request: &'a Request, trust_broker: bool, has_master: bool) -> Gate<'a> {
+    match &request.auth {
+        Some(auth) => Gate::Identify(auth),
+        None if trust_broker => Gate::Authorised(Authority::Broker),
+        None if request.is_master_bootstrap() && !has_master => {
+            Gate::Authorised(Authority::Bootstrap)
+        }
+        None => Gate::Refused(CommandError::Unauthorized(
+            "`auth` is required: the code of the master or of an admin".into(),
+        )),
+    }
+}
+
+/// The user `auth` identified may manage users if their role and rules allow it now; `Err`
+/// gives the reason to record (the attempt counts toward the `admin` lockout).
+pub fn authorise(
+    user: User,
+    now: Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> Result<Authority, (User, DenyReason)> {
+    match user.check(Use::Manage, now, tz) {
+        Ok(()) => Ok(Authority::User(Box::new(user))),
+        Err(reason) => Err((user, reason)),
+    }
+}
+
+/// `auth` was not the code of an active master or admin.
+pub fn not_authorised() -> CommandError {
+    CommandError::Unauthorized("`auth` is not the code of an active master or admin".into())
+}
+
+/// The stored result of an already applied id, for an authorised sender. The fingerprint
+/// leaves out every code field: comparing it can never tell whether a guessed code is the
+/// one a command carried, so the same command with another code is replayed, not applied
+/// (the result says `replayed`: a new code needs a new id).
+pub fn replay(stored: &Value, fingerprint: &str) -> Result<Value, CommandError> {
+    if stored["fingerprint"].as_str() != Some(fingerprint) {
+        return Err(CommandError::InvalidField(
+            "this id was already used for another command; use a new id".into(),
+        ));
+    }
+    let mut result = stored["result"].clone();
+    if let Value::Object(map) = &mut result {
+        map.insert("replayed".into(), json!(true));
+    }
+    Ok(result)
 }
 
 /// What the code rules and clock say, for one command.

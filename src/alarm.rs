@@ -59,7 +59,7 @@ impl fmt::Display for ArmMode {
 }
 
 /// The state published on `B/alarm/state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmState {
     Disarmed,

@@ -31,6 +31,7 @@ pub mod homeassistant;
 pub mod keypad;
 pub mod lockout;
 pub mod mqtt;
+pub mod panel;
 pub mod store;
 pub mod topics;
 pub mod users;

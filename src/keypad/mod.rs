@@ -3,6 +3,7 @@
 //! Each protocol module is a pure parser from an MQTT payload to a [`Parsed`] value, plus the
 //! reply format the keypad understands. The daemon decides; these modules only translate.
 
+pub mod homeassistant;
 pub mod json;
 pub mod plain;
 pub mod zigbee2mqtt;

@@ -1,0 +1,841 @@
+//! The panel: every decision about the alarm, without I/O (rumqttc's `state.rs` beside its
+//! `eventloop.rs`). It owns the alarm, the lockouts, the attributes and last user, the Zigbee
+//! transaction memory and the trigger rate limit; time is passed in.
+//!
+//! Identifying a code takes an Argon2id computation the panel cannot do itself, so an attempt
+//! is decided in two steps: [`Panel::begin`] answers at once ([`Step::Done`]) or asks for the
+//! code to be identified ([`Step::Identify`]); the loop computes the lookup key off the runtime
+//! and hands the user found to [`Panel::finish`]. [`Panel::tick`] applies the deadlines that
+//! passed. Each [`Decision`] lists what the loop must do, in order: commit its [`Change`] (the
+//! events, use counts, lockouts and alarm state of one change, durable together), write the
+//! alarm-state file, then send the reply, the events and the other publishes. If the commit of
+//! an alarm change fails, [`Panel::store_failed`] undoes it and gives the refusal instead:
+//! nothing is acknowledged that is not on disk.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::alarm::{Alarm, AlarmState, ArmMode, Command, Outcome, Timings, Transition};
+use crate::codes::Code;
+use crate::config::{Config, KeypadConfig, KeypadProtocol};
+use crate::events::{Event, EventType};
+use crate::keypad::homeassistant::Request;
+use crate::keypad::{
+    json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, TypedCode,
+};
+use crate::lockout::{Locked, Lockouts};
+use crate::store::Change;
+use crate::topics::Topics;
+use crate::users::{Credential, Role, Use, User};
+
+/// How long a Zigbee2MQTT `(keypad, transaction)` is remembered: a keypad repeats a request
+/// that got no reply, and the repeat must not be applied twice.
+pub const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
+/// At most one `trigger_ignored` event per source and state in this time.
+const IGNORED_TRIGGER_QUIET_S: i64 = 10;
+/// The `meta` key of the store's copy of the alarm state, committed with the events, use
+/// counts and lockouts of the same change (the file beside the store follows it).
+pub const ALARM_STATE: &str = "alarm_state";
+pub const HOMEASSISTANT: &str = "homeassistant";
+
+/// What `B/alarm/attributes` says about the last change, kept with the alarm state.
+/// Every field has a default: a damaged or older description never stops the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Attributes {
+    pub user: Option<String>,
+    pub user_id: Option<String>,
+    pub source: Option<String>,
+    pub action: Option<String>,
+    pub at: Option<Timestamp>,
+    pub target_state: Option<String>,
+    pub delay_s: u64,
+}
+
+/// The saved alarm state: the state machine, the last change and the last user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub alarm: Alarm,
+    pub attributes: Attributes,
+    pub last_user: Option<String>,
+    /// The `notify` of the person named in `attributes`, for the events of timed transitions.
+    #[serde(default)]
+    pub notify: Option<String>,
+    /// Counts saves: of the store's copy and the file, the higher one is the newer.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl Saved {
+    pub fn new(now: Timestamp) -> Saved {
+        Saved {
+            alarm: Alarm::new(now),
+            attributes: Attributes::default(),
+            last_user: None,
+            notify: None,
+            generation: 0,
+        }
+    }
+}
+
+/// The rules of the `alarm:` and `codes:` config sections that decisions need.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub modes: Vec<ArmMode>,
+    pub code_arm_required: bool,
+    pub toggle_mode: ArmMode,
+    pub min_length: usize,
+    pub max_length: usize,
+    pub timings: Timings,
+    pub tz: TimeZone,
+}
+
+impl Rules {
+    pub fn from_config(config: &Config, tz: TimeZone) -> Rules {
+        let a = &config.alarm;
+        Rules {
+            modes: a.modes.clone(),
+            code_arm_required: a.code_arm_required,
+            toggle_mode: a.toggle_mode,
+            min_length: config.codes.min_length,
+            max_length: config.codes.max_length,
+            timings: Timings::new(
+                |mode| a.exit_delay_s.get(mode),
+                a.entry_delay_s,
+                a.trigger_time_s,
+            ),
+            tz,
+        }
+    }
+}
+
+/// One message to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Publish {
+    fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>, retain: bool) -> Publish {
+        Publish {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain,
+        }
+    }
+}
+
+/// What the loop must do for one input, in order.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// Committed first; its events are published once they have their `seq`.
+    pub change: Change,
+    /// An alarm change: if the commit fails, give the decision to [`Panel::store_failed`]
+    /// instead of publishing it. Otherwise (a refusal, a timed transition: something that
+    /// already happened) it is published anyway.
+    pub must_commit: bool,
+    /// Replace the alarm-state file after the commit.
+    pub save_state: bool,
+    /// The answer to the keypad, sent before anything else.
+    pub reply: Option<Publish>,
+    /// After the events: states, attributes, last user, panel status.
+    pub publish: Vec<Publish>,
+    /// How the attempt was answered (for the log and the tests).
+    pub answer: Option<Answer>,
+    undo: Option<Box<Undo>>,
+    /// Who should get a reply if the store refuses the change.
+    reply_to: Option<ReplyTo>,
+}
+
+impl Decision {
+    fn answered(answer: Answer) -> Decision {
+        Decision {
+            answer: Some(answer),
+            ..Decision::default()
+        }
+    }
+}
+
+/// The first step of an attempt.
+#[derive(Debug)]
+pub enum Step {
+    Done(Decision),
+    /// Compute the code's lookup key, find its user, then call [`Panel::finish`].
+    Identify(Pending, Code),
+}
+
+/// The result of identifying a code: the user and which of their secrets it was, nobody, or
+/// a store that failed (not the person's fault: refused, not counted).
+pub type Found = Result<Option<(User, Credential)>, ()>;
+
+/// An attempt waiting for its code to be identified.
+#[derive(Debug)]
+pub struct Pending {
+    source: String,
+    command: Command,
+    request: Request,
+    lowers_protection: bool,
+    reply_to: ReplyTo,
+}
+
+/// Where the answer to an attempt goes.
+#[derive(Clone, Debug)]
+enum ReplyTo {
+    HomeAssistant,
+    Keypad {
+        name: String,
+        protocol: KeypadProtocol,
+        topic: String,
+        action: KeypadAction,
+        transaction: Option<u8>,
+        /// The Zigbee exchange to remember the reply under.
+        exchange: Option<Exchange>,
+    },
+}
+
+/// One Zigbee2MQTT exchange: the keypad, its transaction number and a keyed digest of what
+/// was asked (action and code), so that only a true repeat gets the remembered reply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Exchange {
+    keypad: String,
+    transaction: u8,
+    request: u64,
+}
+
+/// What an alarm change replaced, to put back if the store refuses it.
+#[derive(Debug)]
+struct Undo {
+    alarm: Alarm,
+    attributes: Attributes,
+    last_user: Option<String>,
+    notify: Option<String>,
+    lockouts: Lockouts,
+    generation: u64,
+}
+
+pub struct Panel {
+    rules: Rules,
+    topics: Topics,
+    /// `<topic>/set` of every Zigbee2MQTT keypad, for the panel status.
+    zigbee2mqtt_sets: Vec<String>,
+    alarm: Alarm,
+    attributes: Attributes,
+    last_user: Option<String>,
+    notify: Option<String>,
+    generation: u64,
+    lockouts: Lockouts,
+    transactions: zigbee2mqtt::Replies<Exchange>,
+    /// Keys the in-memory digests of keypad requests (never stored, never sent).
+    digest_keys: std::collections::hash_map::RandomState,
+    /// When each source last had a `trigger_ignored` event recorded, per alarm state.
+    ignored_triggers: HashMap<(String, AlarmState), Timestamp>,
+}
+
+impl Panel {
+    pub fn new(
+        rules: Rules,
+        topics: Topics,
+        keypads: &[KeypadConfig],
+        saved: Saved,
+        lockouts: Lockouts,
+    ) -> Panel {
+        Panel {
+            rules,
+            topics,
+            zigbee2mqtt_sets: keypads
+                .iter()
+                .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt)
+                .map(|k| Topics::zigbee2mqtt_set(&k.topic))
+                .collect(),
+            alarm: saved.alarm,
+            attributes: saved.attributes,
+            last_user: saved.last_user,
+            notify: saved.notify,
+            generation: saved.generation,
+            lockouts,
+            transactions: zigbee2mqtt::Replies::new(TRANSACTION_MEMORY),
+            digest_keys: std::collections::hash_map::RandomState::new(),
+            ignored_triggers: HashMap::new(),
+        }
+    }
+
+    pub fn state(&self) -> AlarmState {
+        self.alarm.state
+    }
+
+    /// When the last change happened: a message is never decided before it.
+    pub fn changed_at(&self) -> Timestamp {
+        self.alarm.changed_at
+    }
+
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.alarm.next_deadline()
+    }
+
+    /// The alarm state as saved (for the alarm-state file).
+    pub fn saved(&self) -> Saved {
+        Saved {
+            alarm: self.alarm.clone(),
+            attributes: self.attributes.clone(),
+            last_user: self.last_user.clone(),
+            notify: self.notify.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// The retained state, attributes and last user.
+    pub fn state_publishes(&self) -> Vec<Publish> {
+        let t = &self.topics;
+        let mut out = vec![
+            Publish::new(&t.alarm_state, self.alarm.state.as_str(), true),
+            Publish::new(
+                &t.alarm_attributes,
+                serde_json::to_string(&self.attributes).unwrap_or_default(),
+                true,
+            ),
+        ];
+        if let Some(name) = &self.last_user {
+            out.push(Publish::new(&t.alarm_last_user, name.as_str(), true));
+        }
+        out
+    }
+
+    /// The panel status for every Zigbee2MQTT keypad.
+    pub fn panel_status(&self, now: Timestamp) -> Vec<Publish> {
+        let status = zigbee2mqtt::panel_status(self.alarm.state, self.alarm.seconds_left(now));
+        self.zigbee2mqtt_sets
+            .iter()
+            .map(|topic| Publish::new(topic, status.as_str(), false))
+            .collect()
+    }
+
+    /// Deadlines that passed by `now`: exit delay over, entry delay over, siren time over.
+    /// Time has passed whatever the disk says: the decision is published even if its commit
+    /// fails (a siren must not wait for a failing SD card).
+    pub fn tick(&mut self, now: Timestamp) -> Option<Decision> {
+        let transitions = self.alarm.advance(now, &self.rules.timings);
+        if transitions.is_empty() {
+            return None;
+        }
+        let mut change = Change {
+            events: self.transition_events(&transitions),
+            ..Change::default()
+        };
+        change.meta.push((ALARM_STATE, self.next_saved()));
+        Some(Decision {
+            change,
+            save_state: true,
+            publish: self.state_and_status(&transitions, now),
+            ..Decision::default()
+        })
+    }
+
+    /// An entry from a keypad.
+    pub fn begin_keypad(
+        &mut self,
+        keypad: &KeypadConfig,
+        input: KeypadInput,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        // The same transaction with the same action and code is the keypad repeating itself;
+        // a different request that reuses the number is a new exchange.
+        let exchange = input.transaction.map(|transaction| Exchange {
+            keypad: keypad.name.clone(),
+            transaction,
+            request: self.exchange_digest(&input),
+        });
+        if let Some(key) = &exchange {
+            if let Some(reply) = self.transactions.get(key, mono) {
+                tracing::info!(
+                    keypad = keypad.name,
+                    "repeated transaction: same reply, not applied again"
+                );
+                return Step::Done(Decision {
+                    reply: Some(Publish::new(
+                        Topics::zigbee2mqtt_set(&keypad.topic),
+                        reply,
+                        false,
+                    )),
+                    ..Decision::default()
+                });
+            }
+        }
+        let reply_to = ReplyTo::Keypad {
+            name: keypad.name.clone(),
+            protocol: keypad.protocol,
+            topic: keypad.topic.clone(),
+            action: input.action,
+            transaction: input.transaction,
+            exchange,
+        };
+        let source = format!("keypad:{}", keypad.name);
+        self.begin(
+            source,
+            Request::Keypad(input.action),
+            input.code.clone(),
+            reply_to,
+            now,
+            mono,
+        )
+    }
+
+    /// A command from Home Assistant's panel (`B/alarm/set`).
+    pub fn begin_homeassistant(
+        &mut self,
+        request: Request,
+        code: Option<TypedCode>,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        self.begin(
+            HOMEASSISTANT.to_owned(),
+            request,
+            code,
+            ReplyTo::HomeAssistant,
+            now,
+            mono,
+        )
+    }
+
+    fn begin(
+        &mut self,
+        source: String,
+        request: Request,
+        code: Option<TypedCode>,
+        reply_to: ReplyTo,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        let command = match request {
+            Request::Trigger => Command::Trigger,
+            Request::Keypad(KeypadAction::Panic) => Command::Panic,
+            Request::Keypad(KeypadAction::Disarm) => Command::Disarm,
+            Request::Keypad(KeypadAction::Arm(mode)) => Command::Arm(mode),
+            Request::Keypad(KeypadAction::Toggle) => match self.alarm.state {
+                AlarmState::Disarmed => Command::Arm(self.rules.toggle_mode),
+                _ => Command::Disarm,
+            },
+        };
+        if matches!(command, Command::Trigger | Command::Panic) {
+            let decision = self.change(command, None, &source, request, now);
+            return Step::Done(self.answer(decision, &reply_to, mono));
+        }
+        // A toggle is recorded as what it did.
+        let request = match command {
+            Command::Disarm => Request::Keypad(KeypadAction::Disarm),
+            Command::Arm(mode) => Request::Keypad(KeypadAction::Arm(mode)),
+            Command::Trigger | Command::Panic => request,
+        };
+        if let Command::Arm(mode) = command {
+            if !self.rules.modes.contains(&mode) {
+                tracing::warn!(
+                    source,
+                    mode = mode.as_str(),
+                    "refusing a mode that alarm.modes does not list"
+                );
+                return Step::Done(self.answer(
+                    Decision::answered(Answer::NotReady),
+                    &reply_to,
+                    mono,
+                ));
+            }
+        }
+        // Changing the mode of an armed (or arming) alarm passes through a weaker state (an
+        // exit delay, or a mode with fewer zones): it takes a code that may disarm.
+        let lowers_protection = matches!(command, Command::Disarm)
+            || (matches!(command, Command::Arm(_)) && self.alarm.state != AlarmState::Disarmed);
+        if code.is_none() && !lowers_protection && !self.rules.code_arm_required {
+            let decision = self.change(command, None, &source, request, now);
+            return Step::Done(self.answer(decision, &reply_to, mono));
+        }
+        if let Some(locked) = self.locked(&source, now) {
+            tracing::info!(source, until = %locked.until, "refused without checking: locked out");
+            return Step::Done(self.answer(Decision::answered(Answer::LockedOut), &reply_to, mono));
+        }
+        let Some(code) = code else {
+            let decision = self.refuse(&source, now, None, "no_code");
+            return Step::Done(self.answer(decision, &reply_to, mono));
+        };
+        let Ok(code) = code.parse(self.rules.min_length, self.rules.max_length) else {
+            let decision = self.refuse(&source, now, None, "malformed_code");
+            return Step::Done(self.answer(decision, &reply_to, mono));
+        };
+        Step::Identify(
+            Pending {
+                source,
+                command,
+                request,
+                lowers_protection,
+                reply_to,
+            },
+            code,
+        )
+    }
+
+    /// The second step of an attempt: the code identified `found`.
+    pub fn finish(
+        &mut self,
+        pending: Pending,
+        found: Found,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Decision {
+        let Pending {
+            source,
+            command,
+            request,
+            lowers_protection,
+            reply_to,
+        } = pending;
+        let decision = match found {
+            Ok(None) => self.refuse(&source, now, None, "wrong_code"),
+            Err(()) => Decision::answered(Answer::InvalidCode),
+            Ok(Some((user, credential))) => {
+                let what = if lowers_protection {
+                    Use::Disarm
+                } else {
+                    Use::Arm
+                };
+                match user.check(what, now, &self.rules.tz) {
+                    Err(reason) => self.refuse(&source, now, Some((&user, reason.as_str())), ""),
+                    Ok(()) => self.change(command, Some((user, credential)), &source, request, now),
+                }
+            }
+        };
+        self.answer(decision, &reply_to, mono)
+    }
+
+    /// The store refused the commit of an alarm change: nothing happened. Gives the
+    /// decision to carry out instead (the refusal).
+    pub fn store_failed(&mut self, decision: Decision, mono: Instant) -> Decision {
+        if let Some(undo) = decision.undo {
+            let undo = *undo;
+            self.alarm = undo.alarm;
+            self.attributes = undo.attributes;
+            self.last_user = undo.last_user;
+            self.notify = undo.notify;
+            self.lockouts = undo.lockouts;
+            self.generation = undo.generation;
+        }
+        let refusal = Decision::answered(Answer::NotReady);
+        match &decision.reply_to {
+            Some(reply_to) => self.answer(refusal, reply_to, mono),
+            None => refusal,
+        }
+    }
+
+    /// `Some` while `source` is locked out: refuse without hashing.
+    pub fn locked(&self, source: &str, now: Timestamp) -> Option<Locked> {
+        self.lockouts.check(source, now).err()
+    }
+
+    /// A refused code from the admin channel or a keypad: the event, one more failure and the
+    /// lockout it may start. `denied` names the user whose rules refused it.
+    pub fn refusal(
+        &mut self,
+        source: &str,
+        now: Timestamp,
+        denied: Option<(&User, &str)>,
+        why: &str,
+    ) -> Change {
+        let mut events = Vec::new();
+        match denied {
+            Some((user, reason)) => {
+                tracing::info!(
+                    source,
+                    user = user.name,
+                    reason,
+                    "code refused by its rules"
+                );
+                events.push(
+                    Event::new(EventType::Denied, now)
+                        .source(source)
+                        .about(user)
+                        .reason(reason),
+                );
+            }
+            None => {
+                tracing::info!(source, why, "invalid code");
+                events.push(
+                    Event::new(EventType::InvalidCode, now)
+                        .source(source)
+                        .reason(why),
+                );
+            }
+        }
+        let mut change = self.failure(source, now);
+        events.append(&mut change.events);
+        change.events = events;
+        change
+    }
+
+    /// One more failure for `source` (e.g. a `duplicate_code` answer): the lockout counts to
+    /// keep, and the `lockout` event when it starts one.
+    pub fn failure(&mut self, source: &str, now: Timestamp) -> Change {
+        let mut change = Change::default();
+        if let Some(locked) = self.lockouts.record_failure(source, now) {
+            tracing::warn!(source, until = %locked.until, "locked out after repeated wrong codes");
+            let mut event = Event::new(EventType::Lockout, now).source(source);
+            event.until = Some(locked.until);
+            change.events.push(event);
+        }
+        change
+            .meta
+            .push((crate::lockout::META_KEY, self.lockouts.to_json()));
+        change
+    }
+
+    fn refuse(
+        &mut self,
+        source: &str,
+        now: Timestamp,
+        denied: Option<(&User, &str)>,
+        why: &str,
+    ) -> Decision {
+        Decision {
+            change: self.refusal(source, now, denied, why),
+            answer: Some(Answer::InvalidCode),
+            ..Decision::default()
+        }
+    }
+
+    /// The reply for `reply_to`, remembered for a Zigbee exchange.
+    fn answer(&mut self, mut decision: Decision, reply_to: &ReplyTo, mono: Instant) -> Decision {
+        let answer = decision.answer.unwrap_or(Answer::Accepted);
+        decision.reply_to = Some(reply_to.clone());
+        let ReplyTo::Keypad {
+            name,
+            protocol,
+            topic,
+            action,
+            transaction,
+            exchange,
+        } = reply_to
+        else {
+            tracing::debug!(answer = answer.as_str(), "Home Assistant command handled");
+            return decision;
+        };
+        decision.reply = match protocol {
+            KeypadProtocol::Zigbee2mqtt => transaction
+                .and_then(|t| zigbee2mqtt::reply(t, *action, answer))
+                .map(|reply| Publish::new(Topics::zigbee2mqtt_set(topic), reply, false)),
+            KeypadProtocol::Json | KeypadProtocol::Plain => Some(Publish::new(
+                self.topics.keypad_result(name),
+                json_keypad::reply(answer, self.alarm.state),
+                false,
+            )),
+        };
+        if let (Some(key), Some(reply)) = (exchange, &decision.reply) {
+            let text = String::from_utf8_lossy(&reply.payload).into_owned();
+            self.transactions.insert(key.clone(), text, mono);
+        }
+        decision
+    }
+
+    /// Applies an accepted command to the alarm and lists what to keep and publish.
+    fn change(
+        &mut self,
+        command: Command,
+        user: Option<(User, Credential)>,
+        source: &str,
+        request: Request,
+        now: Timestamp,
+    ) -> Decision {
+        let duress_code = matches!(user, Some((_, Credential::Duress)));
+        let user = user.map(|(user, _)| user);
+        let undo = Undo {
+            alarm: self.alarm.clone(),
+            attributes: self.attributes.clone(),
+            last_user: self.last_user.clone(),
+            notify: self.notify.clone(),
+            lockouts: self.lockouts.clone(),
+            generation: self.generation,
+        };
+        let outcome = self.alarm.handle(command, now, &self.rules.timings);
+        let mut decision = Decision::default();
+        let answer = match outcome {
+            Outcome::Changed(transitions) => {
+                let change = &mut decision.change;
+                if command == Command::Panic {
+                    change
+                        .events
+                        .push(Event::new(EventType::Panic, now).source(source));
+                }
+                if let Some(user) = &user {
+                    if (user.role == Role::Duress || duress_code) && command == Command::Disarm {
+                        // Silent: only this event tells; state, attributes (with the person's
+                        // own name), the use count and the keypad's reply are those of any
+                        // disarm.
+                        change
+                            .events
+                            .push(duress_event(user, duress_code, source, now));
+                    }
+                    self.last_user = Some(user.name.clone());
+                    let mut used = user.clone();
+                    used.uses += 1;
+                    change.put_users.push(used);
+                    // Only a code that changed something restarts the doubling; no success
+                    // erases a failure (DESIGN 4).
+                    self.lockouts.record_success(source);
+                    change
+                        .meta
+                        .push((crate::lockout::META_KEY, self.lockouts.to_json()));
+                }
+                self.notify = user.as_ref().and_then(|u| u.notify.clone());
+                self.attributes = Attributes {
+                    user: user.as_ref().map(|u| u.name.clone()),
+                    user_id: user.as_ref().map(|u| u.id.clone()),
+                    source: Some(source.to_owned()),
+                    action: Some(request.word().to_owned()),
+                    at: Some(now),
+                    target_state: Some(self.target_state().as_str().to_owned()),
+                    delay_s: self.alarm.seconds_left(now).unwrap_or(0),
+                };
+                let events = self.transition_events(&transitions);
+                // The new state, its events, the use count and the lockouts in one commit
+                // (DESIGN 2b): a power cut keeps all of them or none.
+                let saved = self.next_saved();
+                decision.change.events.extend(events);
+                decision.change.meta.push((ALARM_STATE, saved));
+                decision.must_commit = true;
+                decision.save_state = true;
+                decision.undo = Some(Box::new(undo));
+                decision.publish = self.state_and_status(&transitions, now);
+                Answer::Accepted
+            }
+            Outcome::Unchanged => Answer::Accepted,
+            Outcome::AlreadyDisarmed => Answer::AlreadyDisarmed,
+            Outcome::NotReady => Answer::NotReady,
+            Outcome::TriggerIgnored => {
+                // Unauthenticated input: at most one logged event per source and state every
+                // 10 s, so a flood cannot wear the SD card or push real entries out of the log.
+                let key = (source.to_owned(), self.alarm.state);
+                let recent = self.ignored_triggers.get(&key).is_some_and(|last| {
+                    now.duration_since(*last).as_secs() < IGNORED_TRIGGER_QUIET_S
+                });
+                if recent {
+                    tracing::debug!(source, "trigger ignored (not logged again)");
+                } else {
+                    self.ignored_triggers.retain(|_, last| {
+                        now.duration_since(*last).as_secs() < IGNORED_TRIGGER_QUIET_S
+                    });
+                    self.ignored_triggers.insert(key, now);
+                    let event = Event::new(EventType::TriggerIgnored, now)
+                        .source(source)
+                        .reason(self.alarm.state.as_str());
+                    decision.change.events.push(event);
+                }
+                Answer::Accepted
+            }
+        };
+        let state = self.alarm.state.as_str();
+        match &user {
+            Some(user) => tracing::info!(
+                source,
+                user = user.name,
+                answer = answer.as_str(),
+                state,
+                "{}",
+                request.word()
+            ),
+            None => tracing::info!(
+                source,
+                answer = answer.as_str(),
+                state,
+                "{}",
+                request.word()
+            ),
+        }
+        decision.answer = Some(answer);
+        decision
+    }
+
+    /// The states passed through (several when deadlines were caught up, e.g. pending,
+    /// triggered, armed after a long stop: a siren automation must see `triggered`), the
+    /// current state with its attributes, then the panel status.
+    fn state_and_status(&self, transitions: &[Transition], now: Timestamp) -> Vec<Publish> {
+        let mut out = Vec::new();
+        if let Some((_, passed)) = transitions.split_last() {
+            for t in passed {
+                out.push(Publish::new(&self.topics.alarm_state, t.to.as_str(), true));
+            }
+        }
+        out.extend(self.state_publishes());
+        out.extend(self.panel_status(now));
+        out
+    }
+
+    /// The alarm state as saved, with the next save counter.
+    fn next_saved(&mut self) -> Vec<u8> {
+        self.generation += 1;
+        serde_json::to_vec(&self.saved()).unwrap_or_default()
+    }
+
+    /// The state the current change leads to (the armed mode while arming).
+    fn target_state(&self) -> AlarmState {
+        match (self.alarm.state, self.alarm.mode) {
+            (AlarmState::Arming, Some(mode)) => mode.state(),
+            (state, _) => state,
+        }
+    }
+
+    fn transition_events(&self, transitions: &[Transition]) -> Vec<Event> {
+        transitions
+            .iter()
+            .map(|t| {
+                let event_type = match t.to {
+                    AlarmState::Disarmed => EventType::Disarmed,
+                    AlarmState::Arming => EventType::Arming,
+                    AlarmState::ArmedHome => EventType::ArmedHome,
+                    AlarmState::ArmedAway => EventType::ArmedAway,
+                    AlarmState::ArmedNight => EventType::ArmedNight,
+                    AlarmState::ArmedVacation => EventType::ArmedVacation,
+                    AlarmState::Pending => EventType::Pending,
+                    AlarmState::Triggered => EventType::Triggered,
+                };
+                let mut event = Event::new(event_type, t.at);
+                event.user = self.attributes.user.clone();
+                event.user_id = self.attributes.user_id.clone();
+                event.source = self.attributes.source.clone();
+                event.notify = self.notify.clone();
+                if let Some(delay) = t.delay_s {
+                    event.delay_s = Some(delay);
+                    event.target_state = Some(match t.to {
+                        AlarmState::Pending => "triggered".to_owned(),
+                        _ => self.target_state().as_str().to_owned(),
+                    });
+                }
+                event
+            })
+            .collect()
+    }
+
+    fn exchange_digest(&self, input: &KeypadInput) -> u64 {
+        let code = match &input.code {
+            Some(TypedCode::Text(text)) => text.as_str(),
+            Some(TypedCode::NotText) => "\u{0}",
+            None => "",
+        };
+        self.digest_keys.hash_one((input.action.as_str(), code))
+    }
+}
+
+/// The silent `duress` event. A person's own duress code (DESIGN 10a) names them but carries no
+/// `notify`: the coerced person's phone may be in the intruder's hands.
+pub fn duress_event(user: &User, own_duress_code: bool, source: &str, now: Timestamp) -> Event {
+    let mut event = Event::new(EventType::Duress, now)
+        .source(source)
+        .about(user);
+    if own_duress_code {
+        event.notify = None;
+    }
+    event
+}
