@@ -301,14 +301,12 @@ pub fn gate<'a>(request: &'a Request, trust_broker: bool, has_master: bool) -> G
 /// The user `auth` identified may manage users if their role and rules allow it now; `Err`
 /// gives the reason to record (the attempt counts toward the `admin` lockout).
 pub fn authorise(
-    user: User,
+    user: &User,
     now: Timestamp,
     tz: &jiff::tz::TimeZone,
-) -> Result<Authority, (User, DenyReason)> {
-    match user.check(Use::Manage, now, tz) {
-        Ok(()) => Ok(Authority::User(Box::new(user))),
-        Err(reason) => Err((user, reason)),
-    }
+) -> Result<Authority, DenyReason> {
+    user.check(Use::Manage, now, tz)?;
+    Ok(Authority::User(Box::new(user.clone())))
 }
 
 /// `auth` was not the code of an active master or admin.

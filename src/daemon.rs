@@ -312,7 +312,7 @@ impl Daemon {
     /// Carries an attempt through: identify its code if the panel asks, then do what it decided.
     async fn step(&mut self, step: Step, at: Timestamp) {
         let decision = match step {
-            Step::Done(decision) => decision,
+            Step::Done(decision) => *decision,
             Step::Identify(pending, code) => {
                 let found = self.identify(code).await;
                 self.panel.finish(pending, found, at, Instant::now())
@@ -515,7 +515,7 @@ impl Daemon {
             Err(_) => None,
         };
         let change = match found {
-            Some((user, credential)) => match admin::authorise(user, now, &self.tz) {
+            Some((user, credential)) => match admin::authorise(&user, now, &self.tz) {
                 Ok(authority) => {
                     if let (Credential::Duress, Authority::User(user)) = (credential, &authority) {
                         // Coerced into managing codes: it works as their code, and tells.
@@ -528,7 +528,7 @@ impl Daemon {
                     }
                     return Ok(authority);
                 }
-                Err((user, reason)) => {
+                Err(reason) => {
                     self.panel
                         .refusal(admin::SOURCE, now, Some((&user, reason.as_str())), "")
                 }

@@ -166,7 +166,7 @@ impl Decision {
 /// The first step of an attempt.
 #[derive(Debug)]
 pub enum Step {
-    Done(Decision),
+    Done(Box<Decision>),
     /// Compute the code's lookup key, find its user, then call [`Panel::finish`].
     Identify(Pending, Code),
 }
@@ -358,14 +358,14 @@ impl Panel {
                     keypad = keypad.name,
                     "repeated transaction: same reply, not applied again"
                 );
-                return Step::Done(Decision {
+                return Step::Done(Box::new(Decision {
                     reply: Some(Publish::new(
                         Topics::zigbee2mqtt_set(&keypad.topic),
                         reply,
                         false,
                     )),
                     ..Decision::default()
-                });
+                }));
             }
         }
         let reply_to = ReplyTo::Keypad {
@@ -426,7 +426,7 @@ impl Panel {
         };
         if matches!(command, Command::Trigger | Command::Panic) {
             let decision = self.change(command, None, &source, request, now);
-            return Step::Done(self.answer(decision, &reply_to, mono));
+            return self.done(decision, &reply_to, mono);
         }
         // A toggle is recorded as what it did.
         let request = match command {
@@ -441,11 +441,7 @@ impl Panel {
                     mode = mode.as_str(),
                     "refusing a mode that alarm.modes does not list"
                 );
-                return Step::Done(self.answer(
-                    Decision::answered(Answer::NotReady),
-                    &reply_to,
-                    mono,
-                ));
+                return self.done(Decision::answered(Answer::NotReady), &reply_to, mono);
             }
         }
         // Changing the mode of an armed (or arming) alarm passes through a weaker state (an
@@ -454,19 +450,19 @@ impl Panel {
             || (matches!(command, Command::Arm(_)) && self.alarm.state != AlarmState::Disarmed);
         if code.is_none() && !lowers_protection && !self.rules.code_arm_required {
             let decision = self.change(command, None, &source, request, now);
-            return Step::Done(self.answer(decision, &reply_to, mono));
+            return self.done(decision, &reply_to, mono);
         }
         if let Some(locked) = self.locked(&source, now) {
             tracing::info!(source, until = %locked.until, "refused without checking: locked out");
-            return Step::Done(self.answer(Decision::answered(Answer::LockedOut), &reply_to, mono));
+            return self.done(Decision::answered(Answer::LockedOut), &reply_to, mono);
         }
         let Some(code) = code else {
             let decision = self.refuse(&source, now, None, "no_code");
-            return Step::Done(self.answer(decision, &reply_to, mono));
+            return self.done(decision, &reply_to, mono);
         };
         let Ok(code) = code.parse(self.rules.min_length, self.rules.max_length) else {
             let decision = self.refuse(&source, now, None, "malformed_code");
-            return Step::Done(self.answer(decision, &reply_to, mono));
+            return self.done(decision, &reply_to, mono);
         };
         Step::Identify(
             Pending {
@@ -605,6 +601,10 @@ impl Panel {
             answer: Some(Answer::InvalidCode),
             ..Decision::default()
         }
+    }
+
+    fn done(&mut self, decision: Decision, reply_to: &ReplyTo, mono: Instant) -> Step {
+        Step::Done(Box::new(self.answer(decision, reply_to, mono)))
     }
 
     /// The reply for `reply_to`, remembered for a Zigbee exchange.
