@@ -839,3 +839,810 @@ pub fn duress_event(user: &User, own_duress_code: bool, source: &str, now: Times
     }
     event
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alarm::ArmMode;
+    use crate::users::Role;
+    use serde_json::Value;
+
+    const CONFIG: &str = r#"
+mqtt: {base_topic: kb}
+alarm:
+  modes: [armed_away, armed_home, armed_night]
+  exit_delay_s: {armed_away: 30, armed_home: 0, armed_night: 0, armed_vacation: 30}
+  entry_delay_s: 30
+  trigger_time_s: 600
+timezone: Europe/Paris
+keypads:
+  - {name: hall, protocol: zigbee2mqtt, topic: "zigbee2mqtt/Hall keypad"}
+  - {name: front, protocol: json, topic: "esp/front/code"}
+"#;
+
+    fn config_with(extra: &str) -> Config {
+        crate::config::parse(&format!("{CONFIG}{extra}")).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn panel_of(config: &Config) -> Panel {
+        let tz = config.time_zone().unwrap();
+        Panel::new(
+            Rules::from_config(config, tz),
+            Topics::new(config),
+            &config.keypads,
+            Saved::new(t(0)),
+            Lockouts::new(crate::lockout::LockoutRules::from_config(&config.lockout)),
+        )
+    }
+
+    fn panel() -> (Panel, Config) {
+        let config = config_with("");
+        (panel_of(&config), config)
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_780_000_000 + secs).unwrap()
+    }
+
+    fn person(name: &str, role: Role) -> User {
+        let mut user = User::new(format!("u_{name}"), name.to_owned(), role, t(-1000));
+        user.code_key = Some("00".repeat(32));
+        user.notify = Some(format!("mobile_app_{name}"));
+        user
+    }
+
+    fn input(action: KeypadAction, code: Option<&str>, transaction: Option<u8>) -> KeypadInput {
+        KeypadInput {
+            action,
+            code: code.map(|c| TypedCode::Text(c.to_owned())),
+            transaction,
+        }
+    }
+
+    const AWAY: KeypadAction = KeypadAction::Arm(ArmMode::ArmedAway);
+    const DISARM: KeypadAction = KeypadAction::Disarm;
+
+    /// A test clock for the monotonic side (transaction memory).
+    struct Clock(Instant);
+
+    impl Clock {
+        fn at(&self, secs: u64) -> Instant {
+            self.0 + Duration::from_secs(secs)
+        }
+    }
+
+    fn clock() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// One entry on keypad `name`, identified as `found` if the panel asks.
+    fn entry(
+        p: &mut Panel,
+        config: &Config,
+        name: &str,
+        input: KeypadInput,
+        found: Option<Found>,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Decision {
+        let keypad = config.keypads.iter().find(|k| k.name == name).unwrap();
+        match p.begin_keypad(keypad, input, now, mono) {
+            Step::Done(decision) => {
+                assert!(found.is_none(), "the panel answered without identifying");
+                *decision
+            }
+            Step::Identify(pending, _code) => {
+                let found = found.expect("the panel asked to identify a code");
+                p.finish(pending, found, now, mono)
+            }
+        }
+    }
+
+    /// A json keypad entry by `user` (or a wrong code when `None`).
+    fn front(
+        p: &mut Panel,
+        c: &Config,
+        action: KeypadAction,
+        user: Option<&User>,
+        now: Timestamp,
+    ) -> Decision {
+        let found = Ok(user.map(|u| (u.clone(), Credential::Code)));
+        entry(
+            p,
+            c,
+            "front",
+            input(action, Some("2468"), None),
+            Some(found),
+            now,
+            Instant::now(),
+        )
+    }
+
+    fn event_types(d: &Decision) -> Vec<&'static str> {
+        d.change
+            .events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect()
+    }
+
+    fn json_reply(d: &Decision) -> Value {
+        serde_json::from_slice(&d.reply.as_ref().expect("a reply").payload).unwrap()
+    }
+
+    fn published(d: &Decision, topic: &str) -> Vec<String> {
+        d.publish
+            .iter()
+            .filter(|p| p.topic == topic)
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect()
+    }
+
+    fn meta_keys(d: &Decision) -> Vec<&'static str> {
+        d.change.meta.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn arming_away_with_a_users_code_starts_the_exit_delay_and_names_them() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        let d = front(&mut p, &c, AWAY, Some(&bob), t(0));
+        assert_eq!(d.answer, Some(Answer::Accepted));
+        assert_eq!(p.state(), AlarmState::Arming);
+        assert_eq!(event_types(&d), ["arming"]);
+        let attributes: Value =
+            serde_json::from_str(&published(&d, "kb/alarm/attributes")[0]).unwrap();
+        assert_eq!(attributes["user"], "bob");
+        assert_eq!(attributes["target_state"], "armed_away");
+        assert_eq!(attributes["delay_s"], 30);
+        assert_eq!(published(&d, "kb/alarm/last_user"), ["bob"]);
+        assert_eq!(
+            json_reply(&d),
+            serde_json::json!({"result": "accepted", "state": "arming"})
+        );
+    }
+
+    #[test]
+    fn an_alarm_change_keeps_its_events_use_lockouts_and_state_in_one_commit() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        let d = front(&mut p, &c, AWAY, Some(&bob), t(0));
+        assert!(d.must_commit && d.save_state);
+        assert_eq!(d.change.put_users.len(), 1);
+        assert_eq!(d.change.put_users[0].uses, 1);
+        assert_eq!(meta_keys(&d), [crate::lockout::META_KEY, ALARM_STATE]);
+        let saved: Saved = serde_json::from_slice(&d.change.meta[1].1).unwrap();
+        assert_eq!(saved.alarm.state, AlarmState::Arming);
+        assert_eq!(saved.generation, 1);
+        assert_eq!(p.saved(), saved);
+    }
+
+    #[test]
+    fn the_exit_delay_runs_out_on_a_tick_and_nothing_happens_before() {
+        let (mut p, c) = panel();
+        front(&mut p, &c, AWAY, Some(&person("bob", Role::User)), t(0));
+        assert!(p.tick(t(29)).is_none());
+        assert_eq!(p.next_deadline(), Some(t(30)));
+        let d = p.tick(t(31)).expect("the delay ran out");
+        assert_eq!(p.state(), AlarmState::ArmedAway);
+        assert_eq!(event_types(&d), ["armed_away"]);
+        assert_eq!(
+            d.change.events[0].at,
+            t(30),
+            "on the timeline, not when noticed"
+        );
+        assert_eq!(d.change.events[0].user.as_deref(), Some("bob"));
+        assert!(!d.must_commit, "time has passed whatever the disk says");
+        assert!(d.save_state);
+    }
+
+    #[test]
+    fn disarming_from_armed_disarms_and_counts_a_use() {
+        let (mut p, c) = panel();
+        let mut bob = person("bob", Role::User);
+        front(&mut p, &c, AWAY, Some(&bob), t(0));
+        p.tick(t(30));
+        bob.uses = 1;
+        let d = front(&mut p, &c, DISARM, Some(&bob), t(40));
+        assert_eq!(p.state(), AlarmState::Disarmed);
+        assert_eq!(event_types(&d), ["disarmed"]);
+        assert_eq!(d.change.put_users[0].uses, 2);
+        assert_eq!(json_reply(&d)["state"], "disarmed");
+    }
+
+    #[test]
+    fn disarming_while_disarmed_is_already_disarmed_and_changes_nothing() {
+        let (mut p, c) = panel();
+        let d = front(&mut p, &c, DISARM, Some(&person("bob", Role::User)), t(0));
+        assert_eq!(d.answer, Some(Answer::AlreadyDisarmed));
+        assert!(d.change.events.is_empty() && d.change.put_users.is_empty());
+        assert!(!d.must_commit);
+    }
+
+    #[test]
+    fn a_wrong_code_is_invalid_code_with_an_event_and_one_more_failure() {
+        let (mut p, c) = panel();
+        let d = front(&mut p, &c, AWAY, None, t(0));
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(event_types(&d), ["invalid_code"]);
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("wrong_code"));
+        assert_eq!(d.change.events[0].source.as_deref(), Some("keypad:front"));
+        assert_eq!(meta_keys(&d), [crate::lockout::META_KEY]);
+        assert!(!d.must_commit, "a refusal is told even if the store fails");
+        assert_eq!(p.state(), AlarmState::Disarmed);
+    }
+
+    #[test]
+    fn the_fourth_wrong_code_locks_the_keypad_with_one_lockout_event() {
+        let (mut p, c) = panel();
+        for i in 0..3 {
+            assert_eq!(
+                event_types(&front(&mut p, &c, AWAY, None, t(i))),
+                ["invalid_code"]
+            );
+        }
+        let d = front(&mut p, &c, AWAY, None, t(3));
+        assert_eq!(event_types(&d), ["invalid_code", "lockout"]);
+        assert_eq!(d.change.events[1].until, Some(t(93)));
+        assert!(p.locked("keypad:front", t(92)).is_some());
+        assert!(p.locked("keypad:front", t(93)).is_none());
+    }
+
+    #[test]
+    fn while_locked_out_no_code_is_identified_and_the_keypad_is_told_locked_out() {
+        let (mut p, c) = panel();
+        for i in 0..4 {
+            front(&mut p, &c, AWAY, None, t(i));
+        }
+        let keypad = &c.keypads[1];
+        let step = p.begin_keypad(
+            keypad,
+            input(AWAY, Some("1234"), None),
+            t(10),
+            Instant::now(),
+        );
+        let Step::Done(d) = step else {
+            panic!("a locked keypad must not cost an Argon2 computation")
+        };
+        assert_eq!(d.answer, Some(Answer::LockedOut));
+        assert_eq!(json_reply(&d)["result"], "locked_out");
+        assert!(d.change.events.is_empty(), "one lockout event per lockout");
+    }
+
+    #[test]
+    fn a_lockout_is_per_source() {
+        let (mut p, c) = panel();
+        for i in 0..4 {
+            front(&mut p, &c, AWAY, None, t(i));
+        }
+        let hall = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(AWAY, Some("2468"), Some(1)),
+            Some(Ok(Some((person("bob", Role::User), Credential::Code)))),
+            t(10),
+            Instant::now(),
+        );
+        assert_eq!(hall.answer, Some(Answer::Accepted));
+        let ha = p.begin_homeassistant(
+            Request::Keypad(DISARM),
+            Some(TypedCode::Text("2468".into())),
+            t(11),
+            Instant::now(),
+        );
+        assert!(matches!(ha, Step::Identify(..)));
+    }
+
+    #[test]
+    fn a_success_that_changes_the_alarm_erases_no_failure() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        for i in 0..3 {
+            front(&mut p, &c, AWAY, None, t(i));
+        }
+        front(
+            &mut p,
+            &c,
+            KeypadAction::Arm(ArmMode::ArmedHome),
+            Some(&bob),
+            t(3),
+        );
+        let d = front(&mut p, &c, DISARM, None, t(4));
+        assert_eq!(event_types(&d), ["invalid_code", "lockout"]);
+    }
+
+    #[test]
+    fn no_code_is_refused_and_counted_while_codes_are_required_to_arm() {
+        let (mut p, c) = panel();
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(AWAY, None, None),
+            None,
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("no_code"));
+    }
+
+    #[test]
+    fn without_code_arm_required_arming_needs_no_code_and_names_the_source() {
+        let c = config_with("");
+        let mut c2 = c.clone();
+        c2.alarm.code_arm_required = false;
+        let mut p = panel_of(&c2);
+        let d = entry(
+            &mut p,
+            &c2,
+            "front",
+            input(AWAY, None, None),
+            None,
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::Accepted));
+        assert_eq!(p.state(), AlarmState::Arming);
+        let attributes: Value =
+            serde_json::from_str(&published(&d, "kb/alarm/attributes")[0]).unwrap();
+        assert_eq!(attributes["user"], Value::Null);
+        assert_eq!(attributes["source"], "keypad:front");
+        assert!(d.change.put_users.is_empty());
+    }
+
+    #[test]
+    fn without_code_arm_required_disarming_and_changing_the_mode_still_need_a_code() {
+        let mut c = config_with("");
+        c.alarm.code_arm_required = false;
+        let mut p = panel_of(&c);
+        entry(
+            &mut p,
+            &c,
+            "front",
+            input(AWAY, None, None),
+            None,
+            t(0),
+            Instant::now(),
+        );
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(DISARM, None, None),
+            None,
+            t(1),
+            Instant::now(),
+        );
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("no_code"));
+        let home = KeypadAction::Arm(ArmMode::ArmedHome);
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(home, None, None),
+            None,
+            t(2),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(p.state(), AlarmState::Arming);
+    }
+
+    #[test]
+    fn an_arm_only_code_arms_but_may_not_disarm_nor_change_the_mode() {
+        let (mut p, c) = panel();
+        let cleaner = person("cleaner", Role::ArmOnly);
+        assert_eq!(
+            front(&mut p, &c, AWAY, Some(&cleaner), t(0)).answer,
+            Some(Answer::Accepted)
+        );
+        let d = front(&mut p, &c, DISARM, Some(&cleaner), t(1));
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(event_types(&d), ["denied"]);
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("not_permitted"));
+        assert_eq!(d.change.events[0].user.as_deref(), Some("cleaner"));
+        let home = KeypadAction::Arm(ArmMode::ArmedHome);
+        assert_eq!(
+            front(&mut p, &c, home, Some(&cleaner), t(2)).answer,
+            Some(Answer::InvalidCode)
+        );
+        assert_eq!(p.state(), AlarmState::Arming);
+    }
+
+    #[test]
+    fn a_code_outside_its_rules_is_denied_with_the_reason() {
+        let (mut p, c) = panel();
+        let mut contractor = person("contractor", Role::User);
+        contractor.valid_until = Some(t(-1));
+        let d = front(&mut p, &c, AWAY, Some(&contractor), t(0));
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("expired"));
+        let mut guest = person("guest", Role::User);
+        guest.max_uses = Some(1);
+        guest.uses = 1;
+        let d = front(&mut p, &c, AWAY, Some(&guest), t(1));
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("uses_exhausted"));
+    }
+
+    #[test]
+    fn a_mode_that_alarm_modes_does_not_list_is_not_ready_without_hashing() {
+        let (mut p, c) = panel();
+        let vacation = KeypadAction::Arm(ArmMode::ArmedVacation);
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(vacation, Some("2468"), None),
+            None,
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::NotReady));
+        assert_eq!(json_reply(&d)["result"], "not_ready");
+    }
+
+    #[test]
+    fn toggle_arms_the_toggle_mode_when_disarmed_and_disarms_otherwise() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        let d = front(&mut p, &c, KeypadAction::Toggle, Some(&bob), t(0));
+        assert_eq!(p.state(), AlarmState::Arming);
+        let attributes: Value =
+            serde_json::from_str(&published(&d, "kb/alarm/attributes")[0]).unwrap();
+        assert_eq!(
+            attributes["action"], "arm_away",
+            "a toggle is recorded as what it did"
+        );
+        front(&mut p, &c, KeypadAction::Toggle, Some(&bob), t(1));
+        assert_eq!(p.state(), AlarmState::Disarmed);
+    }
+
+    #[test]
+    fn a_malformed_code_is_refused_without_hashing_and_counts() {
+        let (mut p, c) = panel();
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(AWAY, Some("12a4"), None),
+            None,
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("malformed_code"));
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(AWAY, Some("123"), None),
+            None,
+            t(1),
+            Instant::now(),
+        );
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("malformed_code"));
+    }
+
+    #[test]
+    fn a_store_that_fails_to_identify_is_refused_but_not_counted() {
+        let (mut p, c) = panel();
+        for i in 0..6 {
+            let d = entry(
+                &mut p,
+                &c,
+                "front",
+                input(AWAY, Some("2468"), None),
+                Some(Err(())),
+                t(i),
+                Instant::now(),
+            );
+            assert_eq!(d.answer, Some(Answer::InvalidCode));
+            assert!(d.change.events.is_empty() && d.change.meta.is_empty());
+        }
+        assert!(p.locked("keypad:front", t(7)).is_none());
+    }
+
+    #[test]
+    fn panic_triggers_at_once_without_a_code() {
+        let (mut p, c) = panel();
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(KeypadAction::Panic, None, None),
+            None,
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(p.state(), AlarmState::Triggered);
+        assert_eq!(event_types(&d), ["panic", "triggered"]);
+        let d = p.tick(t(600)).unwrap();
+        assert_eq!(
+            event_types(&d),
+            ["disarmed"],
+            "back to disarmed after a panic while disarmed"
+        );
+    }
+
+    #[test]
+    fn a_trigger_while_armed_runs_the_entry_delay_then_the_siren() {
+        let (mut p, c) = panel();
+        front(
+            &mut p,
+            &c,
+            KeypadAction::Arm(ArmMode::ArmedHome),
+            Some(&person("bob", Role::User)),
+            t(0),
+        );
+        let Step::Done(d) = p.begin_homeassistant(Request::Trigger, None, t(10), Instant::now())
+        else {
+            panic!("a trigger needs no code")
+        };
+        assert_eq!(p.state(), AlarmState::Pending);
+        assert_eq!(
+            d.change.events[0].target_state.as_deref(),
+            Some("triggered")
+        );
+        assert!(d.reply.is_none(), "Home Assistant gets no reply message");
+        let d = p.tick(t(40)).unwrap();
+        assert_eq!(event_types(&d), ["triggered"]);
+        let d = p.tick(t(640)).unwrap();
+        assert_eq!(event_types(&d), ["armed_home"]);
+    }
+
+    #[test]
+    fn the_states_passed_through_during_a_catch_up_are_all_published() {
+        let (mut p, c) = panel();
+        front(
+            &mut p,
+            &c,
+            KeypadAction::Arm(ArmMode::ArmedHome),
+            Some(&person("bob", Role::User)),
+            t(0),
+        );
+        p.begin_homeassistant(Request::Trigger, None, t(10), Instant::now());
+        let d = p.tick(t(5000)).unwrap();
+        assert_eq!(event_types(&d), ["triggered", "armed_home"]);
+        assert_eq!(published(&d, "kb/alarm/state"), ["triggered", "armed_home"]);
+    }
+
+    #[test]
+    fn a_trigger_while_disarmed_is_ignored_and_recorded_at_most_every_ten_seconds() {
+        let (mut p, _c) = panel();
+        let mut recorded = 0;
+        for i in 0..30 {
+            let Step::Done(d) = p.begin_homeassistant(Request::Trigger, None, t(i), Instant::now())
+            else {
+                panic!()
+            };
+            assert_eq!(p.state(), AlarmState::Disarmed);
+            recorded += d.change.events.len();
+        }
+        assert_eq!(recorded, 3);
+    }
+
+    #[test]
+    fn a_persons_duress_code_disarms_as_theirs_with_a_silent_event_without_notify() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        front(
+            &mut p,
+            &c,
+            KeypadAction::Arm(ArmMode::ArmedHome),
+            Some(&bob),
+            t(0),
+        );
+        let found = Ok(Some((bob.clone(), Credential::Duress)));
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(DISARM, Some("2469"), None),
+            Some(found),
+            t(5),
+            Instant::now(),
+        );
+        assert_eq!(p.state(), AlarmState::Disarmed);
+        assert_eq!(event_types(&d), ["duress", "disarmed"]);
+        assert_eq!(d.change.events[0].user.as_deref(), Some("bob"));
+        assert_eq!(d.change.events[0].notify, None);
+        assert_eq!(d.change.events[1].notify.as_deref(), Some("mobile_app_bob"));
+        assert_eq!(
+            d.change.put_users[0].uses, 1,
+            "counted like a use of the code"
+        );
+        let attributes: Value =
+            serde_json::from_str(&published(&d, "kb/alarm/attributes")[0]).unwrap();
+        assert_eq!(attributes["user"], "bob");
+    }
+
+    #[test]
+    fn arming_with_a_duress_code_raises_no_duress_event() {
+        let (mut p, c) = panel();
+        let found = Ok(Some((person("bob", Role::User), Credential::Duress)));
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            input(AWAY, Some("2469"), None),
+            Some(found),
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(event_types(&d), ["arming"]);
+    }
+
+    #[test]
+    fn a_duress_user_disarms_with_a_duress_event() {
+        let (mut p, c) = panel();
+        front(
+            &mut p,
+            &c,
+            KeypadAction::Arm(ArmMode::ArmedHome),
+            Some(&person("bob", Role::User)),
+            t(0),
+        );
+        let d = front(
+            &mut p,
+            &c,
+            DISARM,
+            Some(&person("helper", Role::Duress)),
+            t(1),
+        );
+        assert_eq!(event_types(&d), ["duress", "disarmed"]);
+    }
+
+    #[test]
+    fn a_zigbee_reply_echoes_the_action_with_the_transaction() {
+        let (mut p, c) = panel();
+        let found = Ok(Some((person("bob", Role::User), Credential::Code)));
+        let d = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(AWAY, Some("2468"), Some(42)),
+            Some(found),
+            t(0),
+            Instant::now(),
+        );
+        let reply = d.reply.unwrap();
+        assert_eq!(reply.topic, "zigbee2mqtt/Hall keypad/set");
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(
+            reply,
+            serde_json::json!({"arm_mode": {"transaction": 42, "mode": "arm_all_zones"}})
+        );
+    }
+
+    #[test]
+    fn a_zigbee_entry_without_a_transaction_gets_no_reply_but_works() {
+        let (mut p, c) = panel();
+        let found = Ok(Some((person("bob", Role::User), Credential::Code)));
+        let d = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(AWAY, Some("2468"), None),
+            Some(found),
+            t(0),
+            Instant::now(),
+        );
+        assert!(d.reply.is_none());
+        assert_eq!(p.state(), AlarmState::Arming);
+    }
+
+    #[test]
+    fn a_repeated_zigbee_transaction_gets_the_same_reply_and_is_not_applied_again() {
+        let (mut p, c) = panel();
+        let clock = clock();
+        let found = Ok(Some((person("bob", Role::User), Credential::Code)));
+        let first = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(DISARM, Some("2468"), Some(7)),
+            Some(Ok(None)),
+            t(0),
+            clock.at(0),
+        );
+        let again = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(DISARM, Some("2468"), Some(7)),
+            None,
+            t(1),
+            clock.at(9),
+        );
+        assert_eq!(again.reply, first.reply);
+        assert!(again.change.events.is_empty(), "not counted twice");
+        // Another request reusing the number is a new exchange.
+        let right = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(AWAY, Some("1357"), Some(7)),
+            Some(found),
+            t(2),
+            clock.at(9),
+        );
+        assert_eq!(right.answer, Some(Answer::Accepted));
+        // After ten seconds the number is free again.
+        let later = entry(
+            &mut p,
+            &c,
+            "hall",
+            input(DISARM, Some("2468"), Some(7)),
+            Some(Ok(None)),
+            t(3),
+            clock.at(10),
+        );
+        assert_eq!(later.answer, Some(Answer::InvalidCode));
+    }
+
+    #[test]
+    fn a_failed_commit_undoes_the_change_and_answers_not_ready() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        for i in 0..3 {
+            front(&mut p, &c, AWAY, None, t(i));
+        }
+        let before = p.saved();
+        let d = front(&mut p, &c, AWAY, Some(&bob), t(5));
+        assert!(d.must_commit);
+        let refusal = p.store_failed(d, Instant::now());
+        assert_eq!(p.saved(), before, "nothing happened");
+        assert_eq!(
+            json_reply(&refusal),
+            serde_json::json!({"result": "not_ready", "state": "disarmed"})
+        );
+        assert!(refusal.change.events.is_empty() && refusal.publish.is_empty());
+        // The failures before it are still counted.
+        assert_eq!(
+            event_types(&front(&mut p, &c, AWAY, None, t(6))),
+            ["invalid_code", "lockout"]
+        );
+    }
+
+    #[test]
+    fn the_panel_status_goes_to_every_zigbee_keypad_with_the_seconds_left() {
+        let (mut p, c) = panel();
+        let d = front(&mut p, &c, AWAY, Some(&person("bob", Role::User)), t(0));
+        assert_eq!(
+            published(&d, "zigbee2mqtt/Hall keypad/set"),
+            [r#"{"arm_mode":{"delay":30,"mode":"exit_delay"}}"#]
+        );
+        let status = p.panel_status(t(12));
+        assert_eq!(status.len(), 1);
+        assert!(String::from_utf8_lossy(&status[0].payload).contains("\"delay\":18"));
+    }
+
+    #[test]
+    fn the_retained_state_names_the_last_user_once_someone_armed() {
+        let (mut p, c) = panel();
+        assert_eq!(p.state_publishes().len(), 2, "no last user yet");
+        front(&mut p, &c, AWAY, Some(&person("bob", Role::User)), t(0));
+        let topics: Vec<String> = p.state_publishes().into_iter().map(|p| p.topic).collect();
+        assert_eq!(
+            topics,
+            [
+                "kb/alarm/state",
+                "kb/alarm/attributes",
+                "kb/alarm/last_user"
+            ]
+        );
+        assert!(p.state_publishes().iter().all(|p| p.retain));
+    }
+
+    #[test]
+    fn each_save_counts_one_more_generation() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        front(&mut p, &c, AWAY, Some(&bob), t(0));
+        p.tick(t(30));
+        front(&mut p, &c, DISARM, Some(&bob), t(40));
+        assert_eq!(p.saved().generation, 3);
+    }
+}
