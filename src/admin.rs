@@ -106,6 +106,15 @@ impl Request {
         self.command == "add_user" && self.fields.get("role") == Some(&json!("master"))
     }
 
+    /// Whether the command gives someone a code: each answer to one says whether that code
+    /// is free, so they are rationed ([`crate::panel::Panel::code_set`]).
+    pub fn sets_code(&self) -> bool {
+        matches!(
+            self.command.as_str(),
+            "add_user" | "set_code" | "set_duress_code"
+        ) && !matches!(self.fields.get("code"), None | Some(Value::Null))
+    }
+
     /// What identifies the command for idempotency: its name and every field but the
     /// secret ones (`code`, `tag`; `auth` is already apart). Leaving them out is what keeps
     /// a replay from ever answering whether a guessed code is the one a command carried.

@@ -448,7 +448,10 @@ impl Daemon {
             // whether it was used) reaches a sender who is not authorised.
             Ok(authority) => match self.stored_result(&request).await {
                 Ok(Some(stored)) => admin::replay(&stored, &self.fingerprint(&request)),
-                Ok(None) => self.apply_command(&request, authority).await,
+                Ok(None) => match self.ration_codes(&request).await {
+                    Ok(()) => self.apply_command(&request, authority).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -477,6 +480,31 @@ impl Daemon {
                     "command refused: {error}"
                 );
                 admin::failure(&request.partial(), &error)
+            }
+        }
+    }
+
+    /// Commands that give someone a code are rationed: each answer says whether a code is
+    /// free, so an unlimited stream of them would sweep every code (the master's included).
+    async fn ration_codes(&mut self, request: &admin::Request) -> Result<(), CommandError> {
+        if !request.sets_code() {
+            return Ok(());
+        }
+        match self.panel.code_set(Timestamp::now()) {
+            Ok(()) => Ok(()),
+            Err((until, event)) => {
+                if let Some(event) = event {
+                    self.record(Change {
+                        events: vec![event],
+                        ..Change::default()
+                    })
+                    .await;
+                }
+                Err(CommandError::LockedOut(format!(
+                    "too many codes were set in a short time ({} within lockout.window_s): \
+                     codes can be set again from {until}",
+                    panel::CODE_SETS_PER_WINDOW
+                )))
             }
         }
     }

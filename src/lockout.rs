@@ -42,9 +42,12 @@ struct Source {
     /// Recent failures, oldest first; never more than `max_failures`.
     failures: VecDeque<Timestamp>,
     locked_until: Option<Timestamp>,
-    /// Lockouts since the last success: the exponent of the doubling (a success resets only
-    /// this, never the failures).
+    /// Lockouts since the doubling last started again: its exponent.
     lockouts: u32,
+    /// When the last lockout ended: a success restarts the doubling only `max_duration_s`
+    /// after it.
+    #[serde(default)]
+    last_lock_end: Option<Timestamp>,
 }
 
 impl LockoutRules {
@@ -64,6 +67,10 @@ impl Lockouts {
             rules,
             sources: HashMap::new(),
         }
+    }
+
+    pub fn rules(&self) -> LockoutRules {
+        self.rules
     }
 
     /// The counts and locks, to be kept across restarts.
@@ -121,17 +128,28 @@ impl Lockouts {
         let until = after(now, lock_duration_s(&rules, state.lockouts));
         state.failures.clear();
         state.locked_until = Some(until);
+        state.last_lock_end = Some(until);
         state.lockouts = state.lockouts.saturating_add(1);
         Some(Locked { until })
     }
 
-    /// A permitted code that changed something: the doubling starts again from
-    /// `duration_s`, but no failure is forgotten (DESIGN 4: each one expires `window_s` after
-    /// it happened). Otherwise anyone with a code of their own could guess three codes, type
-    /// their own, and repeat. A lock in force stays (the caller never hashes during one).
-    pub fn record_success(&mut self, source: &str) {
+    /// A permitted code that changed something, at `now`. No failure is forgotten (DESIGN 4:
+    /// each one expires `window_s` after it happened), or anyone with a code of their own
+    /// could guess three codes, type their own, and repeat. The doubling starts again from
+    /// `duration_s` only when the last lockout ended at least `max_duration_s` ago: otherwise
+    /// that person would get four guesses every `duration_s` where a stranger gets four an
+    /// hour. A lock in force stays (the caller never hashes during one).
+    pub fn record_success(&mut self, source: &str, now: Timestamp) {
+        let quiet = SignedDuration::from_secs(
+            i64::try_from(self.rules.max_duration_s.max(self.rules.duration_s)).unwrap_or(i64::MAX),
+        );
         if let Some(state) = self.sources.get_mut(source) {
-            state.lockouts = 0;
+            let long_ago = state
+                .last_lock_end
+                .is_none_or(|end| now.duration_since(end) >= quiet);
+            if long_ago {
+                state.lockouts = 0;
+            }
         }
     }
 }
@@ -391,7 +409,7 @@ mod tests {
             assert_eq!(l.record_failure(HALL, at(secs)), None);
         }
         // Someone types their own code between guesses: the count goes on.
-        l.record_success(HALL);
+        l.record_success(HALL, at(3));
         assert_eq!(
             l.record_failure(HALL, at(3)),
             Some(Locked { until: at(93) })
@@ -401,29 +419,50 @@ mod tests {
         for secs in [0, 300, 400] {
             assert_eq!(l.record_failure(HALL, at(secs)), None);
         }
-        l.record_success(HALL);
+        l.record_success(HALL, at(500));
         assert_eq!(l.record_failure(HALL, at(600)), None);
         assert!(l.record_failure(HALL, at(601)).is_some());
     }
 
     #[test]
-    fn success_after_a_lock_resets_the_doubling() {
+    fn a_success_an_hour_after_the_last_lockout_restarts_the_doubling() {
         let mut l = lockouts();
         lock(&mut l, HALL, 0);
-        lock(&mut l, HALL, 100);
-        l.record_success(HALL);
+        let second = lock(&mut l, HALL, 100);
+        assert_eq!(second.until, at(103 + 180));
+        // Soon after the lockout: the doubling goes on.
+        l.record_success(HALL, at(300));
+        let third = lock(&mut l, HALL, 400);
+        assert_eq!(third.until, at(403 + 360));
+        // An hour after the last lockout ended: it starts again from 90 s.
+        l.record_success(HALL, at(763 + 3600));
         let locked = lock(&mut l, HALL, 10_000);
         assert_eq!(locked.until, at(10_003 + 90));
+    }
+
+    #[test]
+    fn someone_with_a_code_of_their_own_gains_nothing_by_using_it_between_lockouts() {
+        let mut l = lockouts();
+        let mut start = 0;
+        let mut durations = Vec::new();
+        for _ in 0..6 {
+            let locked = lock(&mut l, HALL, start);
+            durations.push(locked.until.duration_since(at(start + 3)).as_secs());
+            let end = locked.until.duration_since(t0()).as_secs();
+            l.record_success(HALL, at(end + 1));
+            start = end + 2;
+        }
+        assert_eq!(durations, [90, 180, 360, 720, 1440, 2880]);
     }
 
     #[test]
     fn success_during_a_lock_does_not_lift_it() {
         let mut l = lockouts();
         let locked = lock(&mut l, HALL, 0);
-        l.record_success(HALL);
+        l.record_success(HALL, at(10));
         assert_eq!(l.check(HALL, at(10)), Err(locked));
         let next = lock(&mut l, HALL, 1000);
-        assert_eq!(next.until, at(1003 + 90));
+        assert_eq!(next.until, at(1003 + 180), "nor restart the doubling");
     }
 
     #[test]
@@ -436,9 +475,9 @@ mod tests {
         for secs in [4, 5, 6] {
             assert_eq!(l.record_failure("admin", at(secs)), None);
         }
-        l.record_success("homeassistant");
+        l.record_success("homeassistant", at(7));
         assert!(l.record_failure("admin", at(7)).is_some());
-        l.record_success("admin");
+        l.record_success("admin", at(8));
         assert_eq!(l.check(HALL, at(10)), Err(locked));
     }
 

@@ -36,6 +36,10 @@ use crate::users::{Credential, Role, Use, User};
 /// How long a Zigbee2MQTT `(keypad, transaction)` is remembered: a keypad repeats a request
 /// that got no reply, and the repeat must not be applied twice.
 pub const TRANSACTION_MEMORY: Duration = Duration::from_secs(10);
+/// At most this many commands that give someone a code, per `lockout.window_s`. Each answer
+/// says whether the code was free (`duplicate_code` or not), so an admin setting codes on a
+/// user of their own would otherwise sweep the master's 4-digit code in minutes.
+pub const CODE_SETS_PER_WINDOW: usize = 30;
 /// At most one `trigger_ignored` event per source and state in this time.
 const IGNORED_TRIGGER_QUIET_S: i64 = 10;
 /// The `meta` key of the store's copy of the alarm state, committed with the events, use
@@ -236,6 +240,9 @@ pub struct Panel {
     digest_keys: std::collections::hash_map::RandomState,
     /// When each source last had a `trigger_ignored` event recorded, per alarm state.
     ignored_triggers: HashMap<(String, AlarmState), Timestamp>,
+    /// When the last commands that gave someone a code came, oldest first.
+    code_sets: std::collections::VecDeque<Timestamp>,
+    window_s: u64,
 }
 
 impl Panel {
@@ -259,11 +266,46 @@ impl Panel {
             last_user: saved.last_user,
             notify: saved.notify,
             generation: saved.generation,
-            lockouts,
             transactions: zigbee2mqtt::Replies::new(TRANSACTION_MEMORY),
             digest_keys: std::collections::hash_map::RandomState::new(),
             ignored_triggers: HashMap::new(),
+            code_sets: std::collections::VecDeque::new(),
+            window_s: rules_window_s(&lockouts),
+            lockouts,
         }
+    }
+
+    /// A command that gives someone a code (see [`CODE_SETS_PER_WINDOW`]). `Err` holds when
+    /// the next one may come, and the `lockout` event to record when this refusal is the first.
+    pub fn code_set(&mut self, now: Timestamp) -> Result<(), (Timestamp, Option<Event>)> {
+        let window =
+            jiff::SignedDuration::from_secs(i64::try_from(self.window_s).unwrap_or(i64::MAX));
+        while self
+            .code_sets
+            .front()
+            .is_some_and(|&at| now.duration_since(at) >= window)
+        {
+            self.code_sets.pop_front();
+        }
+        if self.code_sets.len() >= CODE_SETS_PER_WINDOW {
+            let until = self.code_sets[0]
+                .checked_add(window)
+                .unwrap_or(Timestamp::MAX);
+            let first = self.code_sets.len() == CODE_SETS_PER_WINDOW;
+            if first {
+                // One event per stretch: the oldest is pushed past the limit by a marker.
+                self.code_sets.push_back(now);
+                tracing::warn!(until = %until, "too many codes set in a short time: refusing more for a while");
+                let mut event = Event::new(EventType::Lockout, now)
+                    .source(crate::admin::SOURCE)
+                    .reason("too_many_codes_set");
+                event.until = Some(until);
+                return Err((until, Some(event)));
+            }
+            return Err((until, None));
+        }
+        self.code_sets.push_back(now);
+        Ok(())
     }
 
     pub fn state(&self) -> AlarmState {
@@ -682,9 +724,9 @@ impl Panel {
                     let mut used = user.clone();
                     used.uses += 1;
                     change.put_users.push(used);
-                    // Only a code that changed something restarts the doubling; no success
-                    // erases a failure (DESIGN 4).
-                    self.lockouts.record_success(source);
+                    // Only a code that changed something may restart the doubling; no
+                    // success erases a failure (DESIGN 4).
+                    self.lockouts.record_success(source, now);
                     change
                         .meta
                         .push((crate::lockout::META_KEY, self.lockouts.to_json()));
@@ -826,6 +868,10 @@ impl Panel {
         };
         self.digest_keys.hash_one((input.action.as_str(), code))
     }
+}
+
+fn rules_window_s(lockouts: &Lockouts) -> u64 {
+    lockouts.rules().window_s
 }
 
 /// The silent `duress` event. A person's own duress code (DESIGN 10a) names them but carries no
