@@ -62,14 +62,22 @@ pub async fn run_with_store(
         saved,
         lockouts,
     );
-    let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, &topics.config_set)?;
+    let bridges = zigbee2mqtt_bridges(&config);
+    let lanes = mqtt::Lanes {
+        alarm: topics.alarm_set.clone(),
+        config: topics.config_set.clone(),
+        status: std::iter::once(topics.ha_status.clone())
+            .chain(bridges.iter().cloned())
+            .collect(),
+    };
+    let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, lanes)?;
     let mut daemon = Daemon {
         keypads: config
             .keypads
             .iter()
             .map(|k| (k.topic.clone(), k.clone()))
             .collect(),
-        zigbee2mqtt_bridges: zigbee2mqtt_bridges(&config),
+        zigbee2mqtt_bridges: bridges,
         has_master: store.master()?.is_some(),
         keyer: store.keyer().clone(),
         config,
@@ -82,6 +90,9 @@ pub async fn run_with_store(
         outbox: Vec::new(),
         announced: false,
         queued_before_commit: 0,
+        quiet: panel::Quiet::default(),
+        last_discovery: None,
+        last_panel_status: None,
     };
     tracing::info!(state = daemon.panel.state().as_str(), "starting");
     if !daemon.has_master {
@@ -116,7 +127,18 @@ pub async fn run_with_store(
             // Messages before deadlines: each message first advances the alarm to the time
             // it arrived, so a code typed before a deadline counts before it. Keypads and
             // the alarm before code management: a flood of commands cannot silence them.
-            event = inbox.urgent.recv() => match event {
+            // The lanes in order: Home Assistant's commands (TRIGGER), keypads, status, code
+            // management; a flood on one lane delays the others at most by the cheap
+            // handling of junk.
+            event = inbox.alarm.recv() => match event {
+                Some(event) => daemon.on_mqtt(event).await,
+                None => anyhow::bail!("the MQTT connection task stopped"),
+            },
+            event = inbox.keypads.recv() => match event {
+                Some(event) => daemon.on_mqtt(event).await,
+                None => anyhow::bail!("the MQTT connection task stopped"),
+            },
+            event = inbox.status.recv() => match event {
                 Some(event) => daemon.on_mqtt(event).await,
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
@@ -180,6 +202,23 @@ struct Daemon {
     queued_before_commit: usize,
     /// Whether the store has a master (the bootstrap rule), kept current after each command.
     has_master: bool,
+    /// Log lines about input anyone may send, at most one a kind every 10 s.
+    quiet: panel::Quiet,
+    /// When discovery and the panel status were last re-sent on a status message: a flood of
+    /// `online` must not turn into a flood of publishes.
+    last_discovery: Option<Instant>,
+    last_panel_status: Option<Instant>,
+}
+
+/// The least time between two re-publishes asked for by a status message.
+const RESEND_EVERY: Duration = Duration::from_secs(5);
+
+fn due(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|at| now.saturating_duration_since(at) < RESEND_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 impl Daemon {
@@ -258,29 +297,34 @@ impl Daemon {
     }
 
     async fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool, at: Timestamp) {
+        let mono = Instant::now();
         if topic == self.topics.alarm_set {
             if retain {
-                tracing::warn!("ignoring a retained command on {topic}: commands are live exchanges (and a retained code stays on the broker)");
+                if let Some(more) = self.quiet.allow("retained alarm command", mono) {
+                    tracing::warn!(more, "ignoring a retained command on {topic}: commands are live exchanges (and a retained code stays on the broker)");
+                }
             } else if !payload.is_empty() {
                 match ha_keypad::parse(payload) {
                     Ok((request, code)) => {
-                        let step =
-                            self.panel
-                                .begin_homeassistant(request, code, at, Instant::now());
+                        let step = self.panel.begin_homeassistant(request, code, at, mono);
                         self.step(step, at).await;
                     }
-                    Err(why) => tracing::warn!("ignoring a command on {topic}: {why}"),
+                    Err(why) => {
+                        if let Some(more) = self.quiet.allow("unreadable alarm command", mono) {
+                            tracing::warn!(more, "ignoring a command on {topic}: {why}");
+                        }
+                    }
                 }
             }
         } else if topic == self.topics.config_set {
             self.on_config_set(payload).await;
         } else if topic == self.topics.ha_status {
-            if payload == b"online" {
+            if payload == b"online" && due(&mut self.last_discovery, mono) {
                 tracing::info!("Home Assistant is online: publishing discovery");
                 self.queue_discovery();
             }
         } else if self.zigbee2mqtt_bridges.iter().any(|t| t == topic) {
-            if zigbee2mqtt::bridge_online(payload) {
+            if zigbee2mqtt::bridge_online(payload) && due(&mut self.last_panel_status, mono) {
                 tracing::info!(topic, "Zigbee2MQTT is online: sending the panel status");
                 self.outbox
                     .extend(self.panel.panel_status(Timestamp::now()));
@@ -293,12 +337,18 @@ impl Daemon {
             }
             match keypad::parse(keypad.protocol, payload) {
                 Parsed::Input(input) => {
-                    let step = self.panel.begin_keypad(&keypad, input, at, Instant::now());
+                    let step = self.panel.begin_keypad(&keypad, input, at, mono);
                     self.step(step, at).await;
                 }
                 Parsed::Ignore => {}
                 Parsed::Invalid(why) => {
-                    tracing::warn!(keypad = keypad.name, "unreadable keypad message: {why}");
+                    if let Some(more) = self.quiet.allow("unreadable keypad message", mono) {
+                        tracing::warn!(
+                            keypad = keypad.name,
+                            more,
+                            "unreadable keypad message: {why}"
+                        );
+                    }
                     if keypad.protocol != KeypadProtocol::Zigbee2mqtt {
                         let reply = json_keypad::invalid(&why, self.panel.state());
                         let topic = self.topics.keypad_result(&keypad.name);
@@ -495,7 +545,7 @@ impl Daemon {
             Err((until, event)) => {
                 if let Some(event) = event {
                     self.record(Change {
-                        events: vec![event],
+                        events: vec![*event],
                         ..Change::default()
                     })
                     .await;

@@ -6,12 +6,13 @@
 //! connection error that kept the daemon offline for good (issue 8).
 //!
 //! rumqttc's event loop runs in its own task (its `poll()` is not documented as cancel-safe
-//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs over three channels:
-//! connection events (each (re)connection and subscription acknowledgement, never dropped),
-//! urgent messages (keypads, `B/alarm/set`, Home Assistant's and Zigbee2MQTT's status) and
-//! code-management commands (`B/config/set`). The two message queues are bounded and drop with
-//! a rate-limited warning rather than stall the connection; a flood of commands fills only its
-//! own queue, and the daemon takes the urgent queue first. After a connection error rumqttc
+//! inside `select!`, rumqtt issue #601) and forwards what the daemon needs: connection events
+//! (each (re)connection and subscription acknowledgement, never dropped) and incoming messages
+//! in four bounded lanes, sorted by topic ([`Lanes`]): Home Assistant's alarm commands
+//! (`B/alarm/set`, where a TRIGGER comes), keypad entries, the status of Home Assistant and
+//! Zigbee2MQTT, and code-management commands (`B/config/set`). Each lane drops with a
+//! rate-limited warning rather than stall the connection, so a flood on one topic fills only
+//! its own lane, and the daemon takes the lanes in that order. After a connection error rumqttc
 //! would reconnect at once in a tight loop, so the task sleeps with a growing [`Backoff`]. The
 //! daemon connects with a clean start, so it re-subscribes on every [`MqttEvent::Connected`]
 //! (rumqtt issues #250, #857).
@@ -112,23 +113,33 @@ impl Publisher {
     }
 }
 
-/// The three streams from the connection task: connection events (rare, never dropped),
-/// urgent messages and code-management commands (each bounded).
+/// The streams from the connection task: connection events (rare, never dropped) and the
+/// message lanes (each bounded), in the order the daemon takes them.
 pub struct Inbox {
     pub control: mpsc::UnboundedReceiver<MqttEvent>,
-    /// Keypads, `B/alarm/set`, Home Assistant's and Zigbee2MQTT's status: never behind
-    /// commands.
-    pub urgent: mpsc::Receiver<MqttEvent>,
-    /// Messages on the config topic (`B/config/set`).
+    /// `B/alarm/set`: Home Assistant's panel and its automations' TRIGGER.
+    pub alarm: mpsc::Receiver<MqttEvent>,
+    /// Keypad topics (and anything else not sorted into another lane).
+    pub keypads: mpsc::Receiver<MqttEvent>,
+    /// Home Assistant's and Zigbee2MQTT's status: a flood of them delays no keypad.
+    pub status: mpsc::Receiver<MqttEvent>,
+    /// `B/config/set`.
     pub admin: mpsc::Receiver<MqttEvent>,
 }
 
-/// Builds the client from the config and starts the connection task. Messages on
-/// `config_topic` go to [`Inbox::admin`], all others to [`Inbox::urgent`].
+/// Which topics go to which lane of the [`Inbox`]; any other topic goes to `keypads`.
+#[derive(Clone, Debug)]
+pub struct Lanes {
+    pub alarm: String,
+    pub config: String,
+    pub status: Vec<String>,
+}
+
+/// Builds the client from the config and starts the connection task.
 pub fn connect(
     config: &Config,
     status_topic: &str,
-    config_topic: &str,
+    lanes: Lanes,
 ) -> anyhow::Result<(Publisher, Inbox, JoinHandle<()>)> {
     let m = &config.mqtt;
     let mut options = MqttOptions::new(&m.client_id, &m.host, m.port);
@@ -169,12 +180,19 @@ pub fn connect(
     };
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (control_tx, control) = mpsc::unbounded_channel();
-    let (urgent_tx, urgent) = mpsc::channel(QUEUE);
+    let (alarm_tx, alarm) = mpsc::channel(QUEUE);
+    let (keypads_tx, keypads) = mpsc::channel(QUEUE);
+    let (status_tx, status) = mpsc::channel(QUEUE);
     let (admin_tx, admin) = mpsc::channel(QUEUE);
     let closing = Arc::new(AtomicBool::new(false));
     let queues = Queues {
-        config_topic: config_topic.to_owned(),
-        urgent: (urgent_tx, Drops::new("alarm and keypad messages")),
+        lanes,
+        alarm: (alarm_tx, Drops::new("Home Assistant's alarm commands")),
+        keypads: (keypads_tx, Drops::new("keypad entries")),
+        status: (
+            status_tx,
+            Drops::new("Home Assistant's and Zigbee2MQTT's status"),
+        ),
         admin: (admin_tx, Drops::new("code-management commands")),
     };
     let task = tokio::spawn(drive(
@@ -188,7 +206,9 @@ pub fn connect(
         Publisher { client, closing },
         Inbox {
             control,
-            urgent,
+            alarm,
+            keypads,
+            status,
             admin,
         },
         task,
@@ -208,19 +228,25 @@ impl std::fmt::Display for Broker {
     }
 }
 
-/// The two message queues, sorted by topic.
+/// The message lanes, sorted by topic.
 struct Queues {
-    config_topic: String,
-    urgent: (mpsc::Sender<MqttEvent>, Drops),
+    lanes: Lanes,
+    alarm: (mpsc::Sender<MqttEvent>, Drops),
+    keypads: (mpsc::Sender<MqttEvent>, Drops),
+    status: (mpsc::Sender<MqttEvent>, Drops),
     admin: (mpsc::Sender<MqttEvent>, Drops),
 }
 
 impl Queues {
     fn push(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
-        let (queue, drops) = if topic == self.config_topic {
+        let (queue, drops) = if topic == self.lanes.config {
             &mut self.admin
+        } else if topic == self.lanes.alarm {
+            &mut self.alarm
+        } else if self.lanes.status.contains(&topic) {
+            &mut self.status
         } else {
-            &mut self.urgent
+            &mut self.keypads
         };
         let event = MqttEvent::Message {
             topic,

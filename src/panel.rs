@@ -240,6 +240,7 @@ pub struct Panel {
     digest_keys: std::collections::hash_map::RandomState,
     /// When each source last had a `trigger_ignored` event recorded, per alarm state.
     ignored_triggers: HashMap<(String, AlarmState), Timestamp>,
+    quiet: Quiet,
     /// When the last commands that gave someone a code came, oldest first.
     code_sets: std::collections::VecDeque<Timestamp>,
     window_s: u64,
@@ -270,6 +271,7 @@ impl Panel {
             digest_keys: std::collections::hash_map::RandomState::new(),
             ignored_triggers: HashMap::new(),
             code_sets: std::collections::VecDeque::new(),
+            quiet: Quiet::default(),
             window_s: rules_window_s(&lockouts),
             lockouts,
         }
@@ -277,7 +279,7 @@ impl Panel {
 
     /// A command that gives someone a code (see [`CODE_SETS_PER_WINDOW`]). `Err` holds when
     /// the next one may come, and the `lockout` event to record when this refusal is the first.
-    pub fn code_set(&mut self, now: Timestamp) -> Result<(), (Timestamp, Option<Event>)> {
+    pub fn code_set(&mut self, now: Timestamp) -> Result<(), (Timestamp, Option<Box<Event>>)> {
         let window =
             jiff::SignedDuration::from_secs(i64::try_from(self.window_s).unwrap_or(i64::MAX));
         while self
@@ -300,7 +302,7 @@ impl Panel {
                     .source(crate::admin::SOURCE)
                     .reason("too_many_codes_set");
                 event.until = Some(until);
-                return Err((until, Some(event)));
+                return Err((until, Some(Box::new(event))));
             }
             return Err((until, None));
         }
@@ -467,7 +469,7 @@ impl Panel {
             },
         };
         if matches!(command, Command::Trigger | Command::Panic) {
-            let decision = self.change(command, None, &source, request, now);
+            let decision = self.change(command, None, &source, request, now, mono);
             return self.done(decision, &reply_to, mono);
         }
         // A toggle is recorded as what it did.
@@ -491,11 +493,13 @@ impl Panel {
         let lowers_protection = matches!(command, Command::Disarm)
             || (matches!(command, Command::Arm(_)) && self.alarm.state != AlarmState::Disarmed);
         if code.is_none() && !lowers_protection && !self.rules.code_arm_required {
-            let decision = self.change(command, None, &source, request, now);
+            let decision = self.change(command, None, &source, request, now, mono);
             return self.done(decision, &reply_to, mono);
         }
         if let Some(locked) = self.locked(&source, now) {
-            tracing::info!(source, until = %locked.until, "refused without checking: locked out");
+            if let Some(more) = self.quiet.allow("locked out", mono) {
+                tracing::info!(source, until = %locked.until, more, "refused without checking: locked out");
+            }
             return self.done(Decision::answered(Answer::LockedOut), &reply_to, mono);
         }
         let Some(code) = code else {
@@ -544,7 +548,14 @@ impl Panel {
                 };
                 match user.check(what, now, &self.rules.tz) {
                     Err(reason) => self.refuse(&source, now, Some((&user, reason.as_str())), ""),
-                    Ok(()) => self.change(command, Some((user, credential)), &source, request, now),
+                    Ok(()) => self.change(
+                        command,
+                        Some((user, credential)),
+                        &source,
+                        request,
+                        now,
+                        mono,
+                    ),
                 }
             }
         };
@@ -690,6 +701,7 @@ impl Panel {
         source: &str,
         request: Request,
         now: Timestamp,
+        mono: Instant,
     ) -> Decision {
         let duress_code = matches!(user, Some((_, Credential::Duress)));
         let user = user.map(|(user, _)| user);
@@ -779,8 +791,11 @@ impl Panel {
             }
         };
         let state = self.alarm.state.as_str();
+        // A request that changed nothing (a repeated trigger, arming what is armed) may come
+        // in floods from anyone: logged at most once every 10 s.
+        let logged = decision.must_commit || self.quiet.allow("unchanged", mono).is_some();
         match &user {
-            Some(user) => tracing::info!(
+            Some(user) if logged => tracing::info!(
                 source,
                 user = user.name,
                 answer = answer.as_str(),
@@ -788,13 +803,16 @@ impl Panel {
                 "{}",
                 request.word()
             ),
-            None => tracing::info!(
-                source,
-                answer = answer.as_str(),
-                state,
-                "{}",
-                request.word()
-            ),
+            None if logged => {
+                tracing::info!(
+                    source,
+                    answer = answer.as_str(),
+                    state,
+                    "{}",
+                    request.word()
+                )
+            }
+            _ => {}
         }
         decision.answer = Some(answer);
         decision
@@ -872,6 +890,37 @@ impl Panel {
 
 fn rules_window_s(lockouts: &Lockouts) -> u64 {
     lockouts.rules().window_s
+}
+
+/// Log lines about input anyone may send (junk, repeats, attempts while locked out): at most
+/// one line a kind every 10 s, saying how many were left out, so a flood can neither fill the
+/// SD card nor make journald's rate limit drop the lines that matter. Time is passed in.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    kinds: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl Quiet {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// `Some(n)` when a line of this kind may be logged now, `n` being how many were left
+    /// out since the last one.
+    pub fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        match self.kinds.get_mut(kind) {
+            Some((last, left_out)) if now.saturating_duration_since(*last) < Self::EVERY => {
+                *left_out += 1;
+                None
+            }
+            Some((last, left_out)) => {
+                *last = now;
+                Some(std::mem::take(left_out))
+            }
+            None => {
+                self.kinds.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// The silent `duress` event. A person's own duress code (DESIGN 10a) names them but carries no

@@ -791,3 +791,34 @@ fn no_field_value_is_echoed_in_a_result_or_the_log() {
         }
     }
 }
+
+/// The red team's finding: an admin set codes on a user of their own, one guess per command;
+/// misses were plain successes, so only the hit (`duplicate_code`) was ever counted.
+#[test]
+fn an_admin_cannot_sweep_the_masters_code_through_the_uniqueness_check() {
+    let w = World::start(|_| {});
+    w.add_user("Bob", "admin", "5511");
+    w.add_user("Probe", "arm_only", "7070");
+    let mut answers = Vec::new();
+    for guess in 1200..1240u32 {
+        let r = w.command(json!({"id": format!("g{guess}"), "auth": "5511",
+            "command": "set_code", "user": "Probe", "code": format!("{guess:04}")}));
+        answers.push(r["error"]["kind"].as_str().unwrap_or("ok").to_owned());
+    }
+    // Two codes set by the master, then 28 guesses: the 31st code in the window is refused.
+    assert!(answers[..28].iter().all(|a| a == "ok"), "{answers:?}");
+    assert!(
+        answers[28..].iter().all(|a| a == "locked_out"),
+        "{answers:?}"
+    );
+    assert!(
+        !answers.iter().any(|a| a == "duplicate_code"),
+        "1234 was never tried"
+    );
+    let lockout = w.wait_event("lockout");
+    assert_eq!(lockout["source"], "admin");
+    assert_eq!(lockout["reason"], "too_many_codes_set");
+    // Everything else still works.
+    let r = w.command(json!({"id": "after", "auth": "5511", "command": "list_users"}));
+    assert_eq!(r["ok"], true, "{r}");
+}
