@@ -40,6 +40,8 @@ pub struct Config {
     pub activity: ActivityConfig,
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
+    #[serde(default)]
+    pub tags: TagsConfig,
     /// An IANA name; `None` means the system's zone.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -148,6 +150,14 @@ section!(HomeAssistantConfig {
     discovery: bool = true,
     prefix: String = "homeassistant".into(),
 });
+
+section!(
+    /// RFID tags (DESIGN.md 10b).
+    TagsConfig {
+        /// `false`: a tag may arm but never disarm.
+        disarm: bool = true,
+    }
+);
 
 section!(LogConfig {
     /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
@@ -1460,6 +1470,23 @@ keypads:
              - {name: state, protocol: plain, topic: zz/bridge/state}\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn tags_disarm_by_default_and_can_be_kept_to_arming() {
+        assert!(parse("keypads: []\n").unwrap().tags.disarm);
+        assert!(
+            !parse("tags: {disarm: false}\nkeypads: []\n")
+                .unwrap()
+                .tags
+                .disarm
+        );
+        let found = problems("tags: {disarm: maybe}\nkeypads: []\n");
+        assert_eq!((found[0].line, found[0].column), (1, 16));
+        assert_eq!(
+            found[0].message,
+            "`disarm` must be true or false, found the text \"maybe\""
+        );
     }
 
     #[test]
