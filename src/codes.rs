@@ -86,12 +86,25 @@ pub fn wipe_json(value: &mut serde_json::Value) {
     }
 }
 
-/// Argon2id cost parameters, recorded in the store when it is created.
+/// Argon2id cost parameters: the `codes.argon2` config section, recorded in the store when it is
+/// created. Defaults are OWASP's minimum for Argon2id. (A damaged record that lost a field and
+/// got a default would fail the store's secret check, not go unnoticed.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Argon2Params {
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Argon2Params {
+            memory_kib: 19456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
 }
 
 /// The length of a lookup key in bytes.

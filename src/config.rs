@@ -1,25 +1,23 @@
 //! The configuration file (DESIGN.md section 9): the serde structs with their defaults, and the
 //! checker behind `check-config`.
 //!
-//! serde stops at the first error, but an owner fixing a file wants every mistake in one run. So
-//! [`parse`] also reads the file into a tree that remembers where each node sits (`located`),
-//! replays serde over a copy of that tree, drops each node serde refuses (noting a problem at its
-//! line and column) until serde goes through, and then checks what serde cannot: ranges, topics,
-//! the time zone, the log filter. The `Config` handed back always comes from serde_yaml reading
-//! the file itself; the tree only serves to find and word the problems.
+//! One pass, so that an owner fixing a file sees as many mistakes as possible in one run:
+//! saphyr's loader gives every node of the file its line and column; [`parse`] walks serde_yaml's
+//! reading of the file beside the schema (the defaults, serialised), noting each unknown or missing
+//! key, each value of the wrong kind and each number outside [`RANGES`], and replacing what it
+//! refuses by the default; serde then builds the [`Config`] once (a refusal left to serde, such
+//! as an unknown arm mode, is the one problem reported, at the place serde names); and [`check`]
+//! collects what needs the whole config: cross-key rules, topics, the time zone, the log filter.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use crate::alarm::ArmMode;
-
-use located::{Kind, Node, Part, Pos, Seg, Style};
 
 /// The whole file. Every key may be left out except `keypads`: a bridge without keypads is
 /// allowed (`keypads: []`), but only when the owner says so.
@@ -42,6 +40,8 @@ pub struct Config {
     pub activity: ActivityConfig,
     #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
+    #[serde(default)]
+    pub tags: TagsConfig,
     /// An IANA name; `None` means the system's zone.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -50,166 +50,81 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    pub username: Option<String>,
+/// A config section: every field has its default (DESIGN.md section 9) written beside it.
+macro_rules! section {
+    ($(#[$meta:meta])* $name:ident { $($(#[$doc:meta])* $field:ident: $ty:ty = $default:expr,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Deserialize, Serialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* }
+            }
+        }
+    };
+}
+
+section!(MqttConfig {
+    host: String = "localhost".into(),
+    port: u16 = 1883,
+    client_id: String = "keypad-bridge".into(),
+    username: Option<String> = None,
     /// The password lives in its own file so the config can be world-readable.
-    pub password_file: Option<PathBuf>,
-    pub tls: TlsConfig,
-    pub base_topic: String,
-    pub keepalive_s: u64,
-}
+    password_file: Option<PathBuf> = None,
+    tls: TlsConfig = TlsConfig::default(),
+    base_topic: String = "keypad-bridge".into(),
+    keepalive_s: u64 = 30,
+});
 
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            host: "localhost".into(),
-            port: 1883,
-            client_id: "keypad-bridge".into(),
-            username: None,
-            password_file: None,
-            tls: TlsConfig::default(),
-            base_topic: "keypad-bridge".into(),
-            keepalive_s: 30,
-        }
-    }
-}
+section!(
+    /// TLS is on when `ca_file` is set.
+    TlsConfig { ca_file: Option<PathBuf> = None, }
+);
 
-/// TLS is on when `ca_file` is set.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    pub path: PathBuf,
+section!(StoreConfig {
+    path: PathBuf = "/var/lib/keypad-bridge/db".into(),
     /// Kept outside the database so that a copy of the database alone reveals nothing.
-    pub secret_file: PathBuf,
+    secret_file: PathBuf = "/var/lib/keypad-bridge/secret".into(),
     /// sled's page cache; its 1 GiB default does not fit a Raspberry Pi.
-    pub cache_mb: u64,
-}
+    cache_mb: u64 = 16,
+});
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            path: "/var/lib/keypad-bridge/db".into(),
-            secret_file: "/var/lib/keypad-bridge/secret".into(),
-            cache_mb: 16,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CodesConfig {
-    pub min_length: usize,
-    pub max_length: usize,
+section!(CodesConfig {
+    min_length: usize = 4,
+    max_length: usize = 6,
     /// Read only when the store is created; the store keeps its own copy afterwards.
-    pub argon2: Argon2Config,
-}
+    argon2: Argon2Config = Argon2Config::default(),
+});
 
-impl Default for CodesConfig {
-    fn default() -> Self {
-        CodesConfig {
-            min_length: 4,
-            max_length: 6,
-            argon2: Argon2Config::default(),
-        }
-    }
-}
+/// The rule types are read straight from the file: what the store and the lockout use is what
+/// serde built.
+pub use crate::codes::Argon2Params as Argon2Config;
+pub use crate::lockout::LockoutRules as LockoutConfig;
 
-/// Defaults are OWASP's minimum for Argon2id.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Argon2Config {
-    pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
-}
-
-impl Default for Argon2Config {
-    fn default() -> Self {
-        Argon2Config {
-            memory_kib: 19456,
-            iterations: 2,
-            parallelism: 1,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LockoutConfig {
-    pub max_failures: u32,
-    pub window_s: u64,
-    pub duration_s: u64,
-    pub max_duration_s: u64,
-}
-
-impl Default for LockoutConfig {
-    fn default() -> Self {
-        LockoutConfig {
-            max_failures: 4,
-            window_s: 600,
-            duration_s: 90,
-            max_duration_s: 3600,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlarmConfig {
+section!(AlarmConfig {
     /// The modes offered to Home Assistant (`supported_features`).
-    pub modes: Vec<ArmMode>,
-    pub code_arm_required: bool,
+    modes: Vec<ArmMode> = vec![ArmMode::ArmedAway, ArmMode::ArmedHome, ArmMode::ArmedNight],
+    code_arm_required: bool = true,
     /// What a `toggle` arms when the alarm is disarmed.
-    pub toggle_mode: ArmMode,
-    pub exit_delay_s: ExitDelays,
-    pub entry_delay_s: u64,
-    pub trigger_time_s: u64,
-}
+    toggle_mode: ArmMode = ArmMode::ArmedAway,
+    exit_delay_s: ExitDelays = ExitDelays::default(),
+    entry_delay_s: u64 = 30,
+    trigger_time_s: u64 = 600,
+});
 
-impl Default for AlarmConfig {
-    fn default() -> Self {
-        AlarmConfig {
-            modes: vec![ArmMode::ArmedAway, ArmMode::ArmedHome, ArmMode::ArmedNight],
-            code_arm_required: true,
-            toggle_mode: ArmMode::ArmedAway,
-            exit_delay_s: ExitDelays::default(),
-            entry_delay_s: 30,
-            trigger_time_s: 600,
-        }
+section!(
+    /// Seconds of exit delay per mode; 0 arms at once.
+    ExitDelays {
+        armed_away: u64 = 30,
+        armed_home: u64 = 0,
+        armed_night: u64 = 0,
+        armed_vacation: u64 = 30,
     }
-}
-
-/// Seconds of exit delay per mode; 0 arms at once.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExitDelays {
-    pub armed_away: u64,
-    pub armed_home: u64,
-    pub armed_night: u64,
-    pub armed_vacation: u64,
-}
-
-impl Default for ExitDelays {
-    fn default() -> Self {
-        ExitDelays {
-            armed_away: 30,
-            armed_home: 0,
-            armed_night: 0,
-            armed_vacation: 30,
-        }
-    }
-}
+);
 
 impl ExitDelays {
     pub fn get(&self, mode: ArmMode) -> u64 {
@@ -222,40 +137,32 @@ impl ExitDelays {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
+section!(AdminConfig {
     /// When true, `B/config/set` needs no `auth`: the broker's ACL is the only gate.
-    pub trust_broker: bool,
-}
+    trust_broker: bool = false,
+});
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ActivityConfig {
-    pub max_entries: u64,
-}
+section!(ActivityConfig {
+    max_entries: u64 = 10000,
+});
 
-impl Default for ActivityConfig {
-    fn default() -> Self {
-        ActivityConfig { max_entries: 10000 }
+section!(HomeAssistantConfig {
+    discovery: bool = true,
+    prefix: String = "homeassistant".into(),
+});
+
+section!(
+    /// RFID tags (DESIGN.md 10b).
+    TagsConfig {
+        /// `false`: a tag may arm but never disarm.
+        disarm: bool = true,
     }
-}
+);
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HomeAssistantConfig {
-    pub discovery: bool,
-    pub prefix: String,
-}
-
-impl Default for HomeAssistantConfig {
-    fn default() -> Self {
-        HomeAssistantConfig {
-            discovery: true,
-            prefix: "homeassistant".into(),
-        }
-    }
-}
+section!(LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
+    level: String = "info".into(),
+});
 
 /// One keypad; all three keys are required.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -267,6 +174,7 @@ pub struct KeypadConfig {
     pub topic: String,
 }
 
+/// The template keypad of the schema.
 impl Default for KeypadConfig {
     fn default() -> Self {
         KeypadConfig {
@@ -283,21 +191,6 @@ pub enum KeypadProtocol {
     Zigbee2mqtt,
     Json,
     Plain,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-        }
-    }
 }
 
 impl Config {
@@ -340,10 +233,10 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn at(pos: Pos, message: impl Into<String>) -> Problem {
+    fn at(node: &MarkedYaml, message: impl Into<String>) -> Problem {
         Problem {
-            line: pos.line,
-            column: pos.column,
+            line: node.span.start.line(),
+            column: node.span.start.col() + 1,
             message: message.into(),
         }
     }
@@ -397,201 +290,288 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Reads a config file's text; on failure returns every problem found, in file order.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let document = located::read(text).map_err(|problem| vec![problem])?;
-    // libyaml (behind serde_yaml) has the last word on syntax, in case it and saphyr disagree.
-    if let Err(err) = serde_yaml::from_str::<serde::de::IgnoredAny>(text) {
-        return Err(vec![serde_problem(&err)]);
+    let one = |line, column, message: String| {
+        vec![Problem {
+            line,
+            column,
+            message,
+        }]
+    };
+    let documents = MarkedYaml::load_from_str(text).map_err(|err| {
+        let message = match err.info() {
+            "duplicated key in mapping" => "this key is set twice in the same place: keep one",
+            info => &format!("this is not valid YAML: {info}"),
+        };
+        one(err.marker().line(), err.marker().col() + 1, message.into())
+    })?;
+    if let Some(second) = documents.get(1) {
+        let message = "a second YAML document starts here (`---`): keep all settings in one";
+        return Err(vec![Problem::at(second, message)]);
     }
-    let mut tree = match document.root {
-        Some(root) if matches!(root.kind, Kind::Map(_)) => root,
-        Some(root) if is_null(&root) => {
-            return Err(vec![Problem::at(
-                root.pos,
-                "the file has no settings: it needs at least a `keypads:` list",
-            )])
-        }
-        Some(root) => {
-            return Err(vec![Problem::at(
-                root.pos,
-                format!(
-                    "the file must hold `key: value` settings, found {}",
-                    describe(&root)
-                ),
-            )])
-        }
-        None => {
-            return Err(vec![Problem {
-                line: 1,
-                column: 1,
-                message: "the file is empty: it needs at least a `keypads:` list".into(),
-            }])
-        }
+    // libyaml (behind serde_yaml) reads the values, as it always has; saphyr only places them.
+    let mut value: Value = serde_yaml::from_str(text).map_err(|err| {
+        let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+        one(line, column, format!("this is not valid YAML: {err}"))
+    })?;
+    let Some(root) = documents
+        .into_iter()
+        .next()
+        .filter(|root| !root.data.is_badvalue())
+    else {
+        return Err(one(
+            1,
+            1,
+            "the file is empty: it needs at least a `keypads:` list".into(),
+        ));
     };
-    let mut problems = document.problems;
-    let mut removed = Removed::default();
-    // With duplicate keys already found, serde would refuse the file: go straight to diagnosis.
-    let direct = if problems.is_empty() {
-        serde_yaml::from_str::<Config>(text).map_err(Some)
-    } else {
-        Err(None)
+    let refusal = match &value {
+        Value::Mapping(_) => None,
+        Value::Null => Some("the file has no settings: it needs at least a `keypads:` list".into()),
+        other => Some(format!(
+            "the file must hold `key: value` settings, found {}",
+            describe(other, &root)
+        )),
     };
-    let config = match direct {
-        Ok(config) => Some(config),
-        Err(err) => {
-            let config = diagnose(&mut tree, &mut problems, &mut removed);
-            if let (true, Some(err)) = (problems.is_empty(), err) {
-                problems.push(serde_problem(&err));
+    if let Some(message) = refusal {
+        return Err(vec![Problem::at(&root, message)]);
+    }
+    let mut review = Review {
+        root: &root,
+        problems: Vec::new(),
+        refused: Vec::new(),
+    };
+    review.walk(&mut value, &schema(), &mut Vec::new());
+    let Review {
+        mut problems,
+        refused,
+        ..
+    } = review;
+    match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+        Ok(config) => {
+            for (at, message) in check(&config).0 {
+                problems.extend(place(&at, message, &root, &refused));
             }
-            config
-        }
-    };
-    if let Some(config) = &config {
-        for issue in check(config) {
-            if let Some(problem) = place(&issue, &tree, &removed) {
-                problems.push(problem);
+            if problems.is_empty() {
+                return Ok(config);
             }
         }
+        Err(err) => problems.push(serde_problem(&err, &value, &root)),
     }
-    match config {
-        Some(config) if problems.is_empty() => Ok(config),
-        _ => {
-            problems.sort_by_key(|problem| (problem.line, problem.column));
-            Err(problems)
-        }
-    }
+    problems.sort_by_key(|problem| (problem.line, problem.column));
+    Err(problems)
 }
 
-/// A problem for a serde_yaml error we could not attribute to a node.
-fn serde_problem(err: &serde_yaml::Error) -> Problem {
-    let (line, column) = err
-        .location()
-        .map_or((1, 1), |location| (location.line(), location.column()));
-    Problem {
-        line,
-        column,
-        message: format!("this is not a valid config: {err}"),
-    }
+/// A path into the file: `keypads`, 0, `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
 }
 
-/// Map keys that the diagnosis took out of the tree, as (id of the map, key): a later check of
-/// the default that replaced them would only repeat the problem already reported.
-#[derive(Default)]
-struct Removed(HashSet<(usize, String)>);
+/// The walk of [`parse`]: what it found wrong, and the values it replaced by their default.
+struct Review<'a, 'input> {
+    root: &'a MarkedYaml<'input>,
+    problems: Vec<Problem>,
+    refused: Vec<Vec<Seg>>,
+}
 
-/// Replays serde over `tree`, removing each node it refuses; returns the `Config` serde finally
-/// accepts, or `None` when an error cannot be tied to a node.
-fn diagnose(tree: &mut Node, problems: &mut Vec<Problem>, removed: &mut Removed) -> Option<Config> {
-    // Each round removes at least one node, so this bound is never the reason to stop on a real file.
-    for _ in 0..1000 {
-        let emitted = located::emit(tree);
-        let err = match serde_yaml::from_str::<Config>(&emitted.text) {
-            Ok(config) => return Some(config),
-            Err(err) => err,
-        };
-        let location = err.location()?;
-        let target = emitted
-            .target_at(location.line(), location.column())?
-            .clone();
-        let (parent_path, last) = match target.path.split_last() {
-            Some((last, parent)) => (parent.to_vec(), Some(last.clone())),
-            None => (Vec::new(), None),
-        };
-        match (target.part, last) {
-            (Part::Key, Some(Seg::Key(key))) => {
-                let parent = tree.get(&parent_path)?;
-                let pos = parent.key_pos(&key)?;
-                problems.push(Problem::at(pos, unknown_key_message(&key, &parent_path)));
-                drop_node(tree, &target.path, removed)?;
+impl<'a, 'input> Review<'a, 'input> {
+    /// Compares `value` with `schema`, the default at the same place.
+    fn walk(&mut self, value: &mut Value, schema: &Value, path: &mut Vec<Seg>) {
+        match (schema, &mut *value) {
+            (Value::Mapping(allowed), Value::Mapping(map)) => {
+                let keys: Vec<Value> = map.keys().cloned().collect();
+                for key in keys {
+                    let name = key_text(&key);
+                    let Some(child_schema) = allowed.get(name.as_str()) else {
+                        map.remove(&key);
+                        let at = self.key_node(path, &name).unwrap_or(self.root);
+                        self.problems
+                            .push(Problem::at(at, unknown_key_message(&name, path)));
+                        continue;
+                    };
+                    path.push(Seg::Key(name.clone()));
+                    if let Some(child) = map.get_mut(name.as_str()) {
+                        self.walk(child, child_schema, path);
+                    }
+                    path.pop();
+                }
+                self.require(map, path);
             }
-            (Part::Value, _) => {
-                let node = tree.get(&target.path)?;
-                let message = err.to_string();
-                if let (Kind::Map(_), Some(field)) = (&node.kind, missing_field(&message)) {
-                    if let Some(message) = missing_key_message(field, &target.path, node, removed) {
-                        problems.push(Problem::at(node.pos, message));
-                    }
-                    if target.path.is_empty() {
-                        if tree.child(&Seg::Key(field.to_owned())).is_some() {
-                            return None;
-                        }
-                        tree.insert_empty_list(field);
-                    } else {
-                        drop_node(tree, &target.path, removed)?;
-                    }
-                } else {
-                    problems.push(Problem::at(
-                        node.pos,
-                        format!(
-                            "{} must be {}, found {}",
-                            value_name(&target.path),
-                            expectation(&target.path),
-                            describe(node)
-                        ),
-                    ));
-                    drop_node(tree, &target.path, removed)?;
+            (Value::Sequence(template), Value::Sequence(items)) => {
+                let Some(item_schema) = template.first() else {
+                    return;
+                };
+                for (index, item) in items.iter_mut().enumerate() {
+                    path.push(Seg::Index(index));
+                    self.walk(item, item_schema, path);
+                    path.pop();
                 }
             }
-            _ => return None,
+            (Value::Number(_), Value::Number(number)) => {
+                let Some(range) = range_of(path) else { return };
+                let fits = number
+                    .as_u64()
+                    .is_some_and(|n| (range.min..=range.max).contains(&n));
+                if !fits {
+                    let message = format!(
+                        "{} must be {}, found {number}",
+                        value_name(path),
+                        range.bounds()
+                    );
+                    self.refuse(value, schema, path, message);
+                }
+            }
+            (Value::Bool(_), Value::Bool(_)) => {}
+            (Value::String(_) | Value::Null, found)
+                if !found.is_mapping() && !found.is_sequence() => {}
+            _ => {
+                let found = self
+                    .node(path)
+                    .map_or_else(String::new, |node| describe(value, node));
+                let message = format!(
+                    "{} must be {}, found {found}",
+                    value_name(path),
+                    expectation(path)
+                );
+                self.refuse(value, schema, path, message);
+            }
         }
     }
-    None
-}
 
-/// Removes the node at `path`; a required list (`keypads`) is emptied instead, so its absence is
-/// not reported a second time.
-fn drop_node(tree: &mut Node, path: &[Seg], removed: &mut Removed) -> Option<()> {
-    let (last, parent_path) = path.split_last()?;
-    let parent = tree.get_mut(parent_path)?;
-    if let Seg::Key(key) = last {
-        removed.0.insert((parent.id, key.clone()));
-        if parent_path.is_empty() && key == "keypads" {
-            parent.remove(last)?;
-            parent.insert_empty_list(key);
-            return Some(());
+    /// The keys serde cannot do without: `keypads`, and each keypad's three.
+    fn require(&mut self, map: &mut serde_yaml::Mapping, path: &[Seg]) {
+        let at = self.node(path).unwrap_or(self.root);
+        if path.is_empty() && !map.contains_key("keypads") {
+            let message = "`keypads` is missing: list the keypads the bridge listens to \
+                           (write `keypads: []` if there are none yet)";
+            self.problems.push(Problem::at(at, message));
+            map.insert("keypads".into(), Value::Sequence(Vec::new()));
         }
-    }
-    parent.remove(last)
-}
-
-/// serde's wording for a missing required field: "missing field `name`".
-fn missing_field(message: &str) -> Option<&str> {
-    let rest = message.split("missing field `").nth(1)?;
-    rest.split('`').next()
-}
-
-/// `None` when the key is missing because the diagnosis removed it (already reported).
-fn missing_key_message(
-    field: &str,
-    path: &[Seg],
-    node: &Node,
-    removed: &Removed,
-) -> Option<String> {
-    let reported = |key: &str| removed.0.contains(&(node.id, key.to_owned()));
-    if schema_name(path) == "keypads[]" {
-        let missing: Vec<String> = ["name", "protocol", "topic"]
+        if schema_name(path) != "keypads[]" {
+            return;
+        }
+        let missing: Vec<&str> = ["name", "protocol", "topic"]
             .into_iter()
-            .filter(|key| node.child(&Seg::Key((*key).to_owned())).is_none() && !reported(key))
-            .map(|key| format!("`{key}`"))
+            .filter(|key| !map.contains_key(*key))
             .collect();
-        if missing.is_empty() {
-            return None;
+        for key in &missing {
+            // Stand-ins that raise no topic clash; the checks say nothing about them.
+            let stand_in = if *key == "protocol" { "plain" } else { "" };
+            map.insert((*key).into(), stand_in.into());
+            let mut refused = path.to_vec();
+            refused.push(Seg::Key((*key).into()));
+            self.refused.push(refused);
         }
-        return Some(format!(
-            "this keypad has no {}: every keypad needs `name`, `protocol` and `topic`",
-            missing.join(" and no ")
-        ));
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|key| format!("`{key}`")).collect();
+            let message = format!(
+                "this keypad has no {}: every keypad needs `name`, `protocol` and `topic`",
+                names.join(" and no ")
+            );
+            self.problems.push(Problem::at(at, message));
+        }
     }
-    if reported(field) {
-        return None;
+
+    /// Notes a problem at `path` and puts the default in the refused value's place, so that
+    /// serde and the checks go on with the rest.
+    fn refuse(&mut self, value: &mut Value, schema: &Value, path: &[Seg], message: String) {
+        let at = self.node(path).unwrap_or(self.root);
+        self.problems.push(Problem::at(at, message));
+        *value = schema.clone();
+        self.refused.push(path.to_vec());
     }
-    if path.is_empty() && field == "keypads" {
-        return Some(
-            "`keypads` is missing: list the keypads the bridge listens to \
-             (write `keypads: []` if there are none yet)"
-                .into(),
-        );
+
+    fn node(&self, path: &[Seg]) -> Option<&'a MarkedYaml<'input>> {
+        node_at(self.root, path)
     }
-    Some(format!("`{field}` is missing {}", section_name(path)))
+
+    fn key_node(&self, parent: &[Seg], key: &str) -> Option<&'a MarkedYaml<'input>> {
+        match &self.node(parent)?.data {
+            YamlData::Mapping(map) => map.keys().find(|k| scalar_text(k).as_deref() == Some(key)),
+            _ => None,
+        }
+    }
+}
+
+/// The node of the file at `path`, looking through tags.
+fn node_at<'a, 'input>(
+    root: &'a MarkedYaml<'input>,
+    path: &[Seg],
+) -> Option<&'a MarkedYaml<'input>> {
+    let mut node = root;
+    for seg in path {
+        while let YamlData::Tagged(_, inner) = &node.data {
+            node = inner;
+        }
+        node = match (&node.data, seg) {
+            (YamlData::Mapping(map), Seg::Key(key)) => map
+                .iter()
+                .find(|(k, _)| scalar_text(k).as_deref() == Some(key))
+                .map(|(_, v)| v)?,
+            (YamlData::Sequence(items), Seg::Index(index)) => items.get(*index)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+fn scalar_text(node: &MarkedYaml) -> Option<String> {
+    match &node.data {
+        YamlData::Value(Scalar::String(text)) => Some(text.to_string()),
+        YamlData::Value(Scalar::Integer(n)) => Some(n.to_string()),
+        YamlData::Value(Scalar::Boolean(b)) => Some(b.to_string()),
+        YamlData::Value(Scalar::Null) => Some("null".into()),
+        YamlData::Value(Scalar::FloatingPoint(f)) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+fn key_text(key: &Value) -> String {
+    match key {
+        Value::String(text) => text.clone(),
+        Value::Null => "null".into(),
+        other => serde_yaml::to_string(other).map_or_else(|_| "?".into(), |t| t.trim().into()),
+    }
+}
+
+/// The one error serde found, at the place it names.
+fn serde_problem(
+    err: &serde_path_to_error::Error<serde_yaml::Error>,
+    value: &Value,
+    root: &MarkedYaml,
+) -> Problem {
+    let mut path = Vec::new();
+    for segment in err.path().iter() {
+        match segment {
+            serde_path_to_error::Segment::Map { key } => path.push(Seg::Key(key.clone())),
+            serde_path_to_error::Segment::Seq { index } => path.push(Seg::Index(*index)),
+            _ => break,
+        }
+    }
+    let found = value_at(value, &path);
+    match (node_at(root, &path), found) {
+        (Some(node), Some(found)) if !path.is_empty() => {
+            let message = format!(
+                "{} must be {}, found {}",
+                value_name(&path),
+                expectation(&path),
+                describe(found, node)
+            );
+            Problem::at(node, message)
+        }
+        (node, _) => Problem::at(
+            node.unwrap_or(root),
+            format!("this is not a valid config: {}", err.inner()),
+        ),
+    }
+}
+
+fn value_at<'a>(value: &'a Value, path: &[Seg]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |value, seg| match seg {
+        Seg::Key(key) => value.get(key.as_str()),
+        Seg::Index(index) => value.get(*index),
+    })
 }
 
 fn unknown_key_message(key: &str, parent: &[Seg]) -> String {
@@ -601,7 +581,7 @@ fn unknown_key_message(key: &str, parent: &[Seg]) -> String {
         message.push_str(&format!(": did you mean `{close}`?"));
     } else if key == "<<" {
         message.push_str(": merge keys are not supported, write the settings out.");
-    } else if let Some(home) = section_holding(key) {
+    } else if let Some(home) = section_holding(key, &schema(), &mut Vec::new()) {
         message.push_str(&format!(": `{key}` belongs {home}."));
     } else {
         message.push('.');
@@ -626,6 +606,9 @@ fn section_name(path: &[Seg]) -> String {
 fn value_name(path: &[Seg]) -> String {
     match path {
         [] => "the file".into(),
+        [.., Seg::Key(parent), Seg::Key(key)] if parent == "exit_delay_s" => {
+            format!("the exit delay for {key}")
+        }
         [.., Seg::Key(key)] => format!("`{key}`"),
         [.., Seg::Key(key), Seg::Index(_)] => format!("each entry of `{key}`"),
         [.., Seg::Index(_)] => "each entry".into(),
@@ -637,10 +620,9 @@ fn schema_name(path: &[Seg]) -> String {
     let mut name = String::new();
     for seg in path {
         match seg {
+            Seg::Key(key) if name.is_empty() => name.push_str(key),
             Seg::Key(key) => {
-                if !name.is_empty() {
-                    name.push('.');
-                }
+                name.push('.');
                 name.push_str(key);
             }
             Seg::Index(_) => name.push_str("[]"),
@@ -650,7 +632,7 @@ fn schema_name(path: &[Seg]) -> String {
 }
 
 /// The defaults as a YAML tree, with one template keypad: the source of truth for which keys
-/// exist where, so messages cannot drift from the structs.
+/// exist where and what kind of value each takes, so the checker cannot drift from the structs.
 fn schema() -> Value {
     let mut config = Config::default();
     config.keypads.push(KeypadConfig::default());
@@ -658,177 +640,191 @@ fn schema() -> Value {
 }
 
 fn schema_at(path: &[Seg]) -> Option<Value> {
-    let mut node = schema();
-    for seg in path {
-        node = match (seg, node) {
-            (Seg::Key(key), Value::Mapping(mut map)) => map.remove(key.as_str())?,
-            (Seg::Index(_), Value::Sequence(items)) => items.into_iter().next()?,
-            _ => return None,
-        };
-    }
-    Some(node)
+    let blurred: Vec<Seg> = path
+        .iter()
+        .map(|seg| match seg {
+            Seg::Index(_) => Seg::Index(0),
+            key => key.clone(),
+        })
+        .collect();
+    value_at(&schema(), &blurred).cloned()
 }
 
 fn allowed_keys(path: &[Seg]) -> Vec<String> {
     match schema_at(path) {
-        Some(Value::Mapping(map)) => map
-            .keys()
-            .filter_map(|key| key.as_str().map(String::from))
-            .collect(),
+        Some(Value::Mapping(map)) => map.keys().map(key_text).collect(),
         _ => Vec::new(),
     }
 }
 
 /// Where a key that is unknown here does exist, for "`port` belongs in `mqtt`".
-fn section_holding(key: &str) -> Option<String> {
-    fn search(node: &Value, path: &mut Vec<Seg>, key: &str) -> Option<String> {
-        match node {
-            Value::Mapping(map) => {
-                if map.contains_key(key) {
-                    return Some(section_name(path));
-                }
-                for (name, child) in map {
-                    path.push(Seg::Key(name.as_str()?.to_owned()));
-                    let found = search(child, path, key);
-                    path.pop();
-                    if found.is_some() {
-                        return found;
-                    }
-                }
-                None
-            }
-            Value::Sequence(items) => {
-                path.push(Seg::Index(0));
-                let found = items.first().and_then(|item| search(item, path, key));
-                path.pop();
-                found
-            }
+fn section_holding(key: &str, node: &Value, path: &mut Vec<Seg>) -> Option<String> {
+    match node {
+        Value::Mapping(map) if map.contains_key(key) => Some(section_name(path)),
+        Value::Mapping(map) => map.iter().find_map(|(name, child)| {
+            path.push(Seg::Key(key_text(name)));
+            let found = section_holding(key, child, path);
+            path.pop();
+            found
+        }),
+        Value::Sequence(items) => {
+            path.push(Seg::Index(0));
+            let found = items
+                .first()
+                .and_then(|item| section_holding(key, item, path));
+            path.pop();
+            found
+        }
+        _ => None,
+    }
+}
+
+/// The bounds of a number setting.
+struct Range {
+    path: &'static str,
+    min: u64,
+    max: u64,
+}
+
+const MANY: u64 = u32::MAX as u64;
+
+/// Every number setting with its bounds, the one table that both the check and its words read
+/// (`MANY`: no upper bound worth stating). Each maximum fits the field's type, so a number
+/// that passes is one serde accepts.
+const RANGES: &[Range] = &[
+    range("mqtt.port", 1, 65535),
+    range("mqtt.keepalive_s", 5, 65535),
+    range("store.cache_mb", 1, MANY),
+    range("codes.min_length", 4, 12),
+    range("codes.max_length", 4, 12),
+    range("codes.argon2.memory_kib", 8, 4_194_304),
+    range("codes.argon2.iterations", 1, MANY),
+    range("codes.argon2.parallelism", 1, 16),
+    range("lockout.max_failures", 1, MANY),
+    range("lockout.window_s", 1, MANY),
+    range("lockout.duration_s", 1, MANY),
+    range("lockout.max_duration_s", 1, MANY),
+    range("alarm.exit_delay_s.armed_away", 0, 3600),
+    range("alarm.exit_delay_s.armed_home", 0, 3600),
+    range("alarm.exit_delay_s.armed_night", 0, 3600),
+    range("alarm.exit_delay_s.armed_vacation", 0, 3600),
+    range("alarm.entry_delay_s", 0, 3600),
+    range("alarm.trigger_time_s", 1, 86400),
+    range("activity.max_entries", 1, 1_000_000),
+];
+
+const fn range(path: &'static str, min: u64, max: u64) -> Range {
+    Range { path, min, max }
+}
+
+fn range_of(path: &[Seg]) -> Option<&'static Range> {
+    let name = schema_name(path);
+    RANGES.iter().find(|range| range.path == name)
+}
+
+impl Range {
+    /// The unit, read off the suffix of the key or its section (`_s` seconds, `_mb`, `_kib`).
+    fn unit(&self) -> &'static str {
+        let unit = |key: &str| match key.rsplit('_').next() {
+            Some("s") => Some("seconds"),
+            Some("mb") => Some("MB"),
+            Some("kib") => Some("KiB"),
             _ => None,
+        };
+        self.path.rsplit('.').find_map(unit).unwrap_or("")
+    }
+
+    fn amount(&self, n: u64) -> String {
+        match self.unit() {
+            "" => n.to_string(),
+            "seconds" if n == 1 => "1 second".into(),
+            unit => format!("{n} {unit}"),
         }
     }
-    search(&schema(), &mut Vec::new(), key)
+
+    /// "from 5 to 65535 seconds", "at least 1 MB", "at most 3600 seconds".
+    fn bounds(&self) -> String {
+        match (self.min, self.max) {
+            (low, MANY) => format!("at least {}", self.amount(low)),
+            (0, high) => format!("at most {}", self.amount(high)),
+            (low, high) => format!("from {low} to {}", self.amount(high)),
+        }
+    }
+
+    /// "a number of seconds from 5 to 65535", "a number, at least 1".
+    fn words(&self) -> String {
+        let of = match self.unit() {
+            "" => String::new(),
+            unit => format!(" of {unit}"),
+        };
+        match (self.min, self.max) {
+            (low, MANY) => format!("a number{of}, at least {low}"),
+            (low, high) => format!("a number{of} from {low} to {high}"),
+        }
+    }
 }
 
 const ARM_MODES: &str = "one of armed_away, armed_home, armed_night, armed_vacation";
 
-/// What the value at `path` should be, in plain words.
+/// What the value at `path` should be, in plain words: numbers from [`RANGES`], the rest by
+/// name or, failing that, by the kind of its default.
 fn expectation(path: &[Seg]) -> String {
-    if let Some(words) = expected_words(&schema_name(path)) {
-        return words.into();
+    if let Some(range) = range_of(path) {
+        return range.words();
     }
-    match schema_at(path) {
-        Some(Value::Mapping(_)) => format!(
-            "a group of `key: value` settings ({})",
-            allowed_keys(path).join(", ")
-        ),
-        Some(Value::Sequence(_)) => "a list".into(),
-        Some(Value::Bool(_)) => "true or false".into(),
-        Some(Value::Number(_)) => "a number".into(),
-        _ => "a text".into(),
-    }
-}
-
-/// The words for each setting that is not a group, by its schema name.
-fn expected_words(name: &str) -> Option<&'static str> {
-    let words = match name {
-        "mqtt.host" => "the broker's host name or IP address, such as localhost",
-        "mqtt.port" => "a number from 1 to 65535",
-        "mqtt.client_id" => "a name for this client, such as keypad-bridge",
-        "mqtt.username" => "a user name, or nothing to connect without one",
-        "mqtt.password_file" => "the path of a file holding the password, or nothing",
-        "mqtt.tls.ca_file" => "the path of a CA certificate file, or nothing for no TLS",
-        "mqtt.base_topic" => "a topic such as keypad-bridge",
-        "mqtt.keepalive_s" => "a number of seconds from 5 to 65535",
-        "store.path" => "the path of the database directory",
-        "store.secret_file" => "the path of the secret file",
-        "store.cache_mb" => "a number of megabytes, at least 1",
-        "codes.min_length" | "codes.max_length" => "a number of digits from 4 to 12",
-        "codes.argon2.memory_kib" => "a number of KiB, such as 19456",
-        "codes.argon2.iterations" => "a number, at least 1",
-        "codes.argon2.parallelism" => "a number from 1 to 16",
-        "lockout.max_failures" => "a number of wrong codes, at least 1",
-        "lockout.window_s" | "lockout.duration_s" | "lockout.max_duration_s" => {
-            "a number of seconds, at least 1"
-        }
+    let words = match schema_name(path).as_str() {
         "alarm.modes" => "a list of arm modes, such as [armed_away, armed_home]",
         "alarm.modes[]" | "alarm.toggle_mode" => ARM_MODES,
-        "alarm.code_arm_required" | "admin.trust_broker" | "homeassistant.discovery" => {
-            "true or false"
-        }
-        "alarm.exit_delay_s.armed_away"
-        | "alarm.exit_delay_s.armed_home"
-        | "alarm.exit_delay_s.armed_night"
-        | "alarm.exit_delay_s.armed_vacation"
-        | "alarm.entry_delay_s" => "a number of seconds from 0 to 3600",
-        "alarm.trigger_time_s" => "a number of seconds from 1 to 86400",
-        "activity.max_entries" => "a number from 1 to 1000000",
-        "homeassistant.prefix" => "a topic such as homeassistant",
-        "timezone" => "a time zone name such as Europe/Paris, or nothing for the system's",
         "keypads" => "a list of keypads, each with `name`, `protocol` and `topic`",
-        "keypads[]" => "a keypad with `name`, `protocol` and `topic`",
-        "keypads[].name" => "a name made of a-z, 0-9, `_` and `-`, such as hall",
         "keypads[].protocol" => "one of zigbee2mqtt, json, plain",
-        "keypads[].topic" => "an MQTT topic such as zigbee2mqtt/Hall keypad",
+        "timezone" => "a time zone name such as Europe/Paris, or nothing for the system's",
         "log.level" => "a log level such as info or debug",
-        _ => return None,
+        _ => match schema_at(path) {
+            Some(Value::Mapping(_)) => {
+                let keys = allowed_keys(path).join(", ");
+                return format!("a group of `key: value` settings ({keys})");
+            }
+            Some(Value::Sequence(_)) => "a list",
+            Some(Value::Bool(_)) => "true or false",
+            Some(Value::Null) => "a text, or nothing",
+            _ => "a text",
+        },
     };
-    Some(words)
-}
-
-fn is_null(node: &Node) -> bool {
-    match &node.kind {
-        Kind::Scalar {
-            text,
-            style: Style::Plain,
-        } if node.tag.is_none() => {
-            matches!(serde_yaml::from_str::<Value>(text), Ok(Value::Null))
-        }
-        _ => false,
-    }
+    words.into()
 }
 
 /// What was found, in plain words: "the text \"abc\"", "the number 99999", "a list".
-fn describe(node: &Node) -> String {
-    match &node.kind {
-        Kind::Map(entries) if entries.is_empty() => "an empty group `{}`".into(),
-        Kind::Map(_) => "a group of `key: value` settings".into(),
-        Kind::Seq(_) => "a list".into(),
-        Kind::Scalar { text, style } => {
-            let shown = quote_for_humans(text);
-            if *style == Style::Plain && node.tag.is_none() {
-                match serde_yaml::from_str::<Value>(text) {
-                    Ok(Value::Null) => "nothing (an empty value)".into(),
-                    Ok(Value::Bool(value)) => format!("{value}"),
-                    Ok(Value::Number(_)) => format!("the number {text}"),
-                    _ => format!("the text {shown}"),
-                }
-            } else if *style == Style::Quoted
-                && matches!(
-                    serde_yaml::from_str::<Value>(text),
-                    Ok(Value::Number(_) | Value::Bool(_))
-                )
-            {
+fn describe(value: &Value, node: &MarkedYaml) -> String {
+    match value {
+        Value::Mapping(map) if map.is_empty() => "an empty group `{}`".into(),
+        Value::Mapping(_) => "a group of `key: value` settings".into(),
+        Value::Sequence(_) => "a list".into(),
+        Value::Null => "nothing (an empty value)".into(),
+        Value::Bool(value) => value.to_string(),
+        Value::Number(number) => format!("the number {number}"),
+        Value::String(text) => {
+            const LIMIT: usize = 60;
+            let shown = if text.chars().count() <= LIMIT {
+                format!("{text:?}")
+            } else {
+                format!("{:?}…", text.chars().take(LIMIT).collect::<String>())
+            };
+            // A text that would read as a number or true/false unquoted was quoted.
+            let plain = Scalar::parse_from_cow(text.as_str().into());
+            let was_string = matches!(node.data, YamlData::Value(Scalar::String(_)));
+            if was_string && !matches!(plain, Scalar::String(_) | Scalar::Null) {
                 format!("the text {shown} (the quotes make it text: remove them)")
             } else {
                 format!("the text {shown}")
             }
         }
-    }
-}
-
-fn quote_for_humans(text: &str) -> String {
-    const LIMIT: usize = 60;
-    if text.chars().count() <= LIMIT {
-        format!("{text:?}")
-    } else {
-        let start: String = text.chars().take(LIMIT).collect();
-        format!("{start:?}…")
+        Value::Tagged(tagged) => describe(&tagged.value, node),
     }
 }
 
 /// The candidate a typo most likely meant, if any is close enough.
 fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let normalise = |text: &str| -> Vec<char> {
+    let normalise = |text: &str| -> String {
         text.chars()
             .map(|c| match c {
                 '-' | ' ' => '_',
@@ -837,53 +833,33 @@ fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
             .collect()
     };
     let word = normalise(word);
-    let limit = match word.len() {
+    let limit = match word.chars().count() {
         0..=4 => 1,
         5..=8 => 2,
         _ => 3,
     };
     candidates
         .into_iter()
-        .map(|candidate| (edit_distance(&word, &normalise(candidate)), candidate))
+        // Swapping two neighbours counts as one edit ("prot" → "port").
+        .map(|candidate| {
+            (
+                strsim::osa_distance(&word, &normalise(candidate)),
+                candidate,
+            )
+        })
         .filter(|(distance, _)| *distance <= limit)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
 
-/// Levenshtein distance where swapping two neighbours counts as one edit ("prot" → "port").
-fn edit_distance(a: &[char], b: &[char]) -> usize {
-    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in rows.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in rows[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (rows[i - 1][j] + 1)
-                .min(rows[i][j - 1] + 1)
-                .min(rows[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(rows[i - 2][j - 2] + 1);
-            }
-            rows[i][j] = best;
-        }
-    }
-    rows[a.len()][b.len()]
-}
+/// Semantic problems, each placed at the first of its dotted paths that the file spells out.
+#[derive(Default)]
+struct Issues(Vec<(Vec<String>, String)>);
 
-/// A semantic problem, placed at the first of `at` (dotted paths) that the file spells out.
-struct Issue {
-    at: Vec<String>,
-    message: String,
-}
-
-fn issue(at: &[&str], message: String) -> Issue {
-    Issue {
-        at: at.iter().map(|path| (*path).to_owned()).collect(),
-        message,
+impl Issues {
+    fn add(&mut self, at: &[&str], message: impl Into<String>) {
+        let at = at.iter().map(|path| (*path).to_owned()).collect();
+        self.0.push((at, message.into()));
     }
 }
 
@@ -892,255 +868,141 @@ fn path_of(dotted: &str) -> Vec<Seg> {
     let mut path = Vec::new();
     for part in dotted.split('.') {
         let mut pieces = part.split('[');
-        if let Some(key) = pieces.next() {
-            path.push(Seg::Key(key.to_owned()));
-        }
-        for index in pieces {
-            if let Ok(index) = index.trim_end_matches(']').parse() {
-                path.push(Seg::Index(index));
-            }
-        }
+        path.extend(pieces.next().map(|key| Seg::Key(key.to_owned())));
+        let indices = pieces.filter_map(|index| index.trim_end_matches(']').parse().ok());
+        path.extend(indices.map(Seg::Index));
     }
     path
 }
 
-/// Where an issue goes: `None` when the value it is about replaced one already reported.
-fn place(issue: &Issue, tree: &Node, removed: &Removed) -> Option<Problem> {
-    let mut fallback = None;
-    for dotted in &issue.at {
-        let mut node = tree;
-        let mut found = true;
-        for seg in path_of(dotted) {
-            match node.child(&seg) {
-                Some(child) => node = child,
-                None => {
-                    if let Seg::Key(key) = &seg {
-                        if removed.0.contains(&(node.id, key.clone())) {
-                            return None;
-                        }
-                    }
-                    found = false;
-                    break;
-                }
-            }
-        }
-        if found {
-            return Some(Problem::at(node.pos, issue.message.clone()));
-        }
-        fallback.get_or_insert(node.pos);
+/// Where an issue goes: `None` when it is about a value the walk replaced (already reported);
+/// at the nearest setting the file spells out when the value is a default.
+fn place(
+    at: &[String],
+    message: String,
+    root: &MarkedYaml,
+    refused: &[Vec<Seg>],
+) -> Option<Problem> {
+    let paths: Vec<Vec<Seg>> = at.iter().map(|dotted| path_of(dotted)).collect();
+    if paths
+        .iter()
+        .any(|path| refused.iter().any(|gone| path.starts_with(gone)))
+    {
+        return None;
     }
-    Some(Problem::at(
-        fallback.unwrap_or(tree.pos),
-        issue.message.clone(),
-    ))
+    let nearest = || {
+        let first = paths.first()?;
+        (0..first.len())
+            .rev()
+            .find_map(|len| node_at(root, &first[..len]))
+    };
+    let node = paths
+        .iter()
+        .find_map(|path| node_at(root, path))
+        .or_else(nearest);
+    Some(Problem::at(node.unwrap_or(root), message))
 }
 
 /// Checks a topic used as a prefix (`base_topic`, the discovery prefix).
-fn check_prefix(issues: &mut Vec<Issue>, at: &str, key: &str, topic: &str) {
+fn check_prefix(out: &mut Issues, at: &str, key: &str, topic: &str) {
     if topic.is_empty() {
-        issues.push(issue(&[at], format!("`{key}` must not be empty")));
+        out.add(&[at], format!("`{key}` must not be empty"));
     } else if topic.contains(['+', '#']) {
-        issues.push(issue(
-            &[at],
-            format!("`{key}` must not contain `+` or `#` (MQTT wildcards), found {topic:?}"),
-        ));
+        let message =
+            format!("`{key}` must not contain `+` or `#` (MQTT wildcards), found {topic:?}");
+        out.add(&[at], message);
     } else if topic.starts_with('/') || topic.ends_with('/') {
-        issues.push(issue(
+        out.add(
             &[at],
             format!("`{key}` must not start or end with `/`, found {topic:?}"),
-        ));
+        );
     }
-}
-
-/// Range check with the unit read off the key's suffix (`_s` seconds, `_mb`, `_kib`).
-fn check_range(out: &mut Vec<Issue>, at: &str, value: u64, range: RangeInclusive<u64>) {
-    if range.contains(&value) {
-        return;
-    }
-    let key = at.rsplit('.').next().unwrap_or(at);
-    let unit = match key.rsplit('_').next() {
-        Some("s") => " seconds",
-        Some("mb") => " MB",
-        Some("kib") => " KiB",
-        _ => "",
-    };
-    let amount = |n: u64| match unit {
-        " seconds" if n == 1 => "1 second".to_owned(),
-        _ => format!("{n}{unit}"),
-    };
-    let bounds = match (*range.start(), *range.end()) {
-        (low, u64::MAX) => format!("at least {}", amount(low)),
-        (0, high) => format!("at most {}", amount(high)),
-        (low, high) => format!("from {low} to {}", amount(high)),
-    };
-    out.push(issue(
-        &[at],
-        format!("`{key}` must be {bounds}, found {value}"),
-    ));
 }
 
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-/// Everything serde cannot check: ranges, topics, names, cross-key rules.
-fn check(config: &Config) -> Vec<Issue> {
-    let mut issues = Vec::new();
-    let out = &mut issues;
+/// What needs the whole config: cross-key rules, topics, names, the time zone, the log filter.
+/// (The walk of [`parse`] has checked each number against [`RANGES`].)
+fn check(config: &Config) -> Issues {
+    let mut out = Issues::default();
     let mqtt = &config.mqtt;
-    check_range(out, "mqtt.port", mqtt.port.into(), 1..=65535);
     if mqtt.host.trim().is_empty() {
-        out.push(issue(
+        out.add(
             &["mqtt.host"],
-            "`host` must name the MQTT broker, such as localhost".into(),
-        ));
+            "`host` must name the MQTT broker, such as localhost",
+        );
     }
     if mqtt.client_id.is_empty() {
-        out.push(issue(
-            &["mqtt.client_id"],
-            "`client_id` must not be empty: the broker tells its clients apart by it".into(),
-        ));
+        let message = "`client_id` must not be empty: the broker tells its clients apart by it";
+        out.add(&["mqtt.client_id"], message);
     }
-    check_prefix(out, "mqtt.base_topic", "base_topic", &mqtt.base_topic);
-    check_range(out, "mqtt.keepalive_s", mqtt.keepalive_s, 5..=65535);
-    check_range(out, "store.cache_mb", config.store.cache_mb, 1..=u64::MAX);
-
-    let codes = &config.codes;
-    let min_length = u64::try_from(codes.min_length).unwrap_or(u64::MAX);
-    let max_length = u64::try_from(codes.max_length).unwrap_or(u64::MAX);
-    check_range(out, "codes.min_length", min_length, 4..=12);
-    check_range(out, "codes.max_length", max_length, 4..=12);
+    check_prefix(&mut out, "mqtt.base_topic", "base_topic", &mqtt.base_topic);
+    let (codes, argon2) = (&config.codes, &config.codes.argon2);
     if codes.min_length > codes.max_length {
-        out.push(issue(
-            &["codes.max_length", "codes.min_length"],
-            format!(
-                "`max_length` ({}) must not be less than `min_length` ({})",
-                codes.max_length, codes.min_length
-            ),
-        ));
+        let (min, max) = (codes.min_length, codes.max_length);
+        let message = format!("`max_length` ({max}) must not be less than `min_length` ({min})");
+        out.add(&["codes.max_length", "codes.min_length"], message);
     }
-    let argon2 = &codes.argon2;
-    check_range(
-        out,
-        "codes.argon2.iterations",
-        argon2.iterations.into(),
-        1..=u64::MAX,
-    );
-    check_range(
-        out,
-        "codes.argon2.parallelism",
-        argon2.parallelism.into(),
-        1..=16,
-    );
     let least_memory = 8 * u64::from(argon2.parallelism.max(1));
     if u64::from(argon2.memory_kib) < least_memory {
-        out.push(issue(
+        let message = format!(
+            "`memory_kib` must be at least 8 KiB per lane of `parallelism` ({least_memory} here), \
+             found {}",
+            argon2.memory_kib
+        );
+        out.add(
             &["codes.argon2.memory_kib", "codes.argon2.parallelism"],
-            format!(
-                "`memory_kib` must be at least 8 KiB per lane of `parallelism` ({least_memory} here), found {}",
-                argon2.memory_kib
-            ),
-        ));
+            message,
+        );
     }
-    check_range(
-        out,
-        "codes.argon2.memory_kib",
-        argon2.memory_kib.into(),
-        0..=4_194_304,
-    );
-
     let lockout = &config.lockout;
-    check_range(
-        out,
-        "lockout.max_failures",
-        lockout.max_failures.into(),
-        1..=u64::MAX,
-    );
-    check_range(out, "lockout.window_s", lockout.window_s, 1..=u64::MAX);
-    check_range(out, "lockout.duration_s", lockout.duration_s, 1..=u64::MAX);
     if lockout.max_duration_s < lockout.duration_s {
-        out.push(issue(
-            &["lockout.max_duration_s", "lockout.duration_s"],
-            format!(
-                "`max_duration_s` ({}) must not be shorter than `duration_s` ({})",
-                lockout.max_duration_s, lockout.duration_s
-            ),
-        ));
+        let (max, first) = (lockout.max_duration_s, lockout.duration_s);
+        let message =
+            format!("`max_duration_s` ({max}) must not be shorter than `duration_s` ({first})");
+        out.add(&["lockout.max_duration_s", "lockout.duration_s"], message);
     }
-
     let alarm = &config.alarm;
     if alarm.modes.is_empty() {
-        out.push(issue(
-            &["alarm.modes"],
-            "`modes` must list at least one arm mode, such as [armed_away]".into(),
-        ));
+        let message = "`modes` must list at least one arm mode, such as [armed_away]";
+        out.add(&["alarm.modes"], message);
     }
     for (index, mode) in alarm.modes.iter().enumerate() {
         if alarm.modes[..index].contains(mode) {
-            out.push(issue(
-                &[&format!("alarm.modes[{index}]")],
-                format!("{} is listed twice in `modes`", mode_name(*mode)),
-            ));
+            let message = format!("{} is listed twice in `modes`", mode.as_str());
+            out.add(&[&format!("alarm.modes[{index}]")], message);
         }
     }
     if !alarm.modes.is_empty() && !alarm.modes.contains(&alarm.toggle_mode) {
-        let modes: Vec<&str> = alarm.modes.iter().map(|mode| mode_name(*mode)).collect();
-        out.push(issue(
-            &["alarm.toggle_mode", "alarm.modes"],
-            format!(
-                "`toggle_mode` is {}, which is not in `modes` ({}): add it to `modes` or pick one of them",
-                mode_name(alarm.toggle_mode),
-                modes.join(", ")
-            ),
-        ));
+        let modes: Vec<&str> = alarm.modes.iter().map(|mode| mode.as_str()).collect();
+        let message = format!(
+            "`toggle_mode` is {}, which is not in `modes` ({}): add it to `modes` or pick one of \
+             them",
+            alarm.toggle_mode.as_str(),
+            modes.join(", ")
+        );
+        out.add(&["alarm.toggle_mode", "alarm.modes"], message);
     }
-    let delays = &alarm.exit_delay_s;
-    for (mode, delay) in [
-        ("armed_away", delays.armed_away),
-        ("armed_home", delays.armed_home),
-        ("armed_night", delays.armed_night),
-        ("armed_vacation", delays.armed_vacation),
-    ] {
-        if delay > 3600 {
-            out.push(issue(
-                &[&format!("alarm.exit_delay_s.{mode}")],
-                format!("the exit delay for {mode} must be at most 3600 seconds (one hour), found {delay}"),
-            ));
-        }
+    let prefix = &config.homeassistant.prefix;
+    check_prefix(&mut out, "homeassistant.prefix", "prefix", prefix);
+    if let Some(name) = config
+        .timezone
+        .as_ref()
+        .filter(|name| jiff::tz::TimeZone::get(name).is_err())
+    {
+        let names: Vec<String> = jiff::tz::db()
+            .available()
+            .map(|zone| zone.as_str().to_owned())
+            .collect();
+        let hint = closest(name, names.iter().map(String::as_str))
+            .map(|close| format!(" (did you mean {close}?)"))
+            .unwrap_or_default();
+        let message = format!(
+            "`timezone` must be a time zone name such as Europe/Paris, found {name:?}{hint}"
+        );
+        out.add(&["timezone"], message);
     }
-    check_range(out, "alarm.entry_delay_s", alarm.entry_delay_s, 0..=3600);
-    check_range(out, "alarm.trigger_time_s", alarm.trigger_time_s, 1..=86400);
-    check_range(
-        out,
-        "activity.max_entries",
-        config.activity.max_entries,
-        1..=1_000_000,
-    );
-    check_prefix(
-        out,
-        "homeassistant.prefix",
-        "prefix",
-        &config.homeassistant.prefix,
-    );
-
-    if let Some(name) = &config.timezone {
-        if jiff::tz::TimeZone::get(name).is_err() {
-            let names: Vec<String> = jiff::tz::db()
-                .available()
-                .map(|zone| zone.as_str().to_owned())
-                .collect();
-            let hint = closest(name, names.iter().map(String::as_str))
-                .map(|close| format!(" (did you mean {close}?)"))
-                .unwrap_or_default();
-            out.push(issue(
-                &["timezone"],
-                format!(
-                    "`timezone` must be a time zone name such as Europe/Paris, found {name:?}{hint}"
-                ),
-            ));
-        }
-    }
-
-    check_keypads(out, config);
-
+    check_keypads(&mut out, config);
     let level = config.log.level.trim();
     let bare_word = level.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     let refusal = match tracing_subscriber::EnvFilter::try_new(level) {
@@ -1154,16 +1016,14 @@ fn check(config: &Config) -> Vec<Issue> {
         Ok(_) => None,
     };
     if let Some(hint) = refusal {
-        out.push(issue(
-            &["log.level"],
-            format!(
-                "`level` must be one of error, warn, info, debug, trace, off, or a filter such as \
-                 `info,keypad_bridge=debug`; found {:?}{hint}",
-                config.log.level
-            ),
-        ));
+        let message = format!(
+            "`level` must be one of error, warn, info, debug, trace, off, or a filter such as \
+             `info,keypad_bridge=debug`; found {:?}{hint}",
+            config.log.level
+        );
+        out.add(&["log.level"], message);
     }
-    issues
+    out
 }
 
 /// What a topic the bridge publishes to or reads for another purpose than keypads is, in
@@ -1177,20 +1037,17 @@ fn reserved_topics(config: &Config) -> Vec<(String, String)> {
         .iter()
         .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt);
     for keypad in zigbee {
+        let name = &keypad.name;
         reserved.push((
             crate::topics::Topics::zigbee2mqtt_set(&keypad.topic),
-            format!(
-                "where the bridge answers the Zigbee2MQTT keypad {:?} (its topic + /set)",
-                keypad.name
-            ),
+            format!("where the bridge answers the Zigbee2MQTT keypad {name:?} (its topic + /set)"),
         ));
         if let Some(z2m_base) = keypad.topic.split('/').next() {
             reserved.push((
                 format!("{z2m_base}/bridge/state"),
                 format!(
-                    "where Zigbee2MQTT (of keypad {:?}) says whether it is online, which the \
-                     bridge reads",
-                    keypad.name
+                    "where Zigbee2MQTT (of keypad {name:?}) says whether it is online, which the \
+                     bridge reads"
                 ),
             ));
         }
@@ -1203,582 +1060,62 @@ fn reserved_topics(config: &Config) -> Vec<(String, String)> {
             .into(),
     ));
     if config.homeassistant.discovery {
-        for discovery in crate::homeassistant::discovery(config, &topics) {
-            reserved.push((
-                discovery.topic,
-                "a Home Assistant discovery topic the bridge publishes".into(),
-            ));
-        }
+        let what = "a Home Assistant discovery topic the bridge publishes";
+        let discovery = crate::homeassistant::discovery(config, &topics);
+        reserved.extend(discovery.into_iter().map(|d| (d.topic, what.to_owned())));
     }
     reserved
 }
 
-fn check_keypads(out: &mut Vec<Issue>, config: &Config) {
+fn check_keypads(out: &mut Issues, config: &Config) {
     let base = format!("{}/", config.mqtt.base_topic);
     let reserved = reserved_topics(config);
     for (index, keypad) in config.keypads.iter().enumerate() {
-        let at_name = format!("keypads[{index}].name");
-        let at_topic = format!("keypads[{index}].topic");
-        let name = &keypad.name;
+        let (earlier, name, topic) = (&config.keypads[..index], &keypad.name, &keypad.topic);
+        let at_name: &[&str] = &[&format!("keypads[{index}].name")];
+        let at_topic: &[&str] = &[&format!("keypads[{index}].topic")];
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
         if name.is_empty() {
-            out.push(issue(
-                &[&at_name],
-                "a keypad's `name` must not be empty".into(),
-            ));
-        } else if !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        {
-            out.push(issue(
-                &[&at_name],
-                format!(
-                    "keypad name {name:?} may only use lowercase letters a-z, digits, `_` and `-`"
-                ),
-            ));
+            out.add(at_name, "a keypad's `name` must not be empty");
+        } else if !name.chars().all(allowed) {
+            let message = format!(
+                "keypad name {name:?} may only use lowercase letters a-z, digits, `_` and `-`"
+            );
+            out.add(at_name, message);
         }
-        if config.keypads[..index]
-            .iter()
-            .any(|other| other.name == *name)
-        {
-            out.push(issue(
-                &[&at_name],
+        if earlier.iter().any(|other| other.name == *name) {
+            out.add(
+                at_name,
                 format!("two keypads are named {name:?}: names must differ"),
-            ));
-        }
-        let topic = &keypad.topic;
-        if topic.is_empty() {
-            out.push(issue(
-                &[&at_topic],
-                "a keypad's `topic` must not be empty".into(),
-            ));
-        } else if topic.contains(['+', '#']) {
-            out.push(issue(
-                &[&at_topic],
-                format!("keypad topic {topic:?} must not contain `+` or `#` (MQTT wildcards)"),
-            ));
-        } else if topic.starts_with(&base) {
-            out.push(issue(
-                &[&at_topic],
-                format!(
-                    "keypad topic {topic:?} is under `base_topic` ({base}), where the bridge \
-                     itself publishes: pick a topic outside it"
-                ),
-            ));
-        } else if let Some((_, what)) = reserved.iter().find(|(t, _)| t == topic) {
-            out.push(issue(
-                &[&at_topic],
-                format!(
-                    "keypad topic {topic:?} is {what}: the bridge would take those messages for \
-                     keypad entries; pick another topic"
-                ),
-            ));
-        }
-        if let Some(other) = config.keypads[..index]
-            .iter()
-            .find(|other| other.topic == *topic)
-        {
-            out.push(issue(
-                &[&at_topic],
-                format!(
-                    "keypads {:?} and {name:?} both listen on {topic:?}: each keypad needs its own topic",
-                    other.name
-                ),
-            ));
-        }
-    }
-}
-
-fn mode_name(mode: ArmMode) -> &'static str {
-    match mode {
-        ArmMode::ArmedHome => "armed_home",
-        ArmMode::ArmedAway => "armed_away",
-        ArmMode::ArmedNight => "armed_night",
-        ArmMode::ArmedVacation => "armed_vacation",
-    }
-}
-
-/// A YAML tree whose nodes remember their line and column, read with saphyr-parser (serde_yaml
-/// does not expose positions), and written back out in a layout where every node starts at its
-/// own place, so that a serde_yaml error location names exactly one node.
-mod located {
-    use std::collections::{BTreeMap, HashMap};
-
-    use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
-
-    use super::Problem;
-
-    /// Deeper nesting than any config needs; the limit keeps recursion safe on hostile input.
-    const MAX_DEPTH: usize = 64;
-    /// Bounds alias expansion ("billion laughs").
-    const MAX_NODES: usize = 100_000;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Pos {
-        pub line: usize,
-        pub column: usize,
-    }
-
-    impl Pos {
-        fn of(span: Span) -> Pos {
-            Pos {
-                line: span.start.line(),
-                column: span.start.col() + 1,
-            }
-        }
-    }
-
-    #[derive(Clone, Debug)]
-    pub struct Node {
-        /// Identifies a map across edits of the tree, when indices shift.
-        pub id: usize,
-        pub pos: Pos,
-        pub tag: Option<String>,
-        pub kind: Kind,
-    }
-
-    #[derive(Clone, Debug)]
-    pub enum Kind {
-        /// Plain scalars are typed by YAML's rules (`1883` is a number); quoted and block
-        /// scalars are always text.
-        Scalar {
-            text: String,
-            style: Style,
-        },
-        Seq(Vec<Node>),
-        Map(Vec<Entry>),
-    }
-
-    #[derive(Clone, Debug)]
-    pub struct Entry {
-        pub key: String,
-        pub key_pos: Pos,
-        pub value: Node,
-    }
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Style {
-        Plain,
-        Quoted,
-        /// `|` and `>` scalars.
-        Block,
-    }
-
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub enum Seg {
-        Key(String),
-        Index(usize),
-    }
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Part {
-        Key,
-        Value,
-    }
-
-    #[derive(Clone, Debug)]
-    pub struct Target {
-        pub path: Vec<Seg>,
-        pub part: Part,
-    }
-
-    impl Node {
-        pub fn child(&self, seg: &Seg) -> Option<&Node> {
-            match (&self.kind, seg) {
-                (Kind::Map(entries), Seg::Key(key)) => entries
-                    .iter()
-                    .find(|entry| entry.key == *key)
-                    .map(|entry| &entry.value),
-                (Kind::Seq(items), Seg::Index(index)) => items.get(*index),
-                _ => None,
-            }
-        }
-
-        pub fn get(&self, path: &[Seg]) -> Option<&Node> {
-            path.iter().try_fold(self, |node, seg| node.child(seg))
-        }
-
-        pub fn get_mut(&mut self, path: &[Seg]) -> Option<&mut Node> {
-            let mut node = self;
-            for seg in path {
-                node = match (&mut node.kind, seg) {
-                    (Kind::Map(entries), Seg::Key(key)) => {
-                        &mut entries.iter_mut().find(|entry| entry.key == *key)?.value
-                    }
-                    (Kind::Seq(items), Seg::Index(index)) => items.get_mut(*index)?,
-                    _ => return None,
-                };
-            }
-            Some(node)
-        }
-
-        pub fn key_pos(&self, key: &str) -> Option<Pos> {
-            match &self.kind {
-                Kind::Map(entries) => entries
-                    .iter()
-                    .find(|entry| entry.key == key)
-                    .map(|entry| entry.key_pos),
-                _ => None,
-            }
-        }
-
-        /// Removes a direct child; `None` if there was none.
-        pub fn remove(&mut self, seg: &Seg) -> Option<()> {
-            match (&mut self.kind, seg) {
-                (Kind::Map(entries), Seg::Key(key)) => {
-                    let index = entries.iter().position(|entry| entry.key == *key)?;
-                    entries.remove(index);
-                    Some(())
-                }
-                (Kind::Seq(items), Seg::Index(index)) if *index < items.len() => {
-                    items.remove(*index);
-                    Some(())
-                }
-                _ => None,
-            }
-        }
-
-        /// Adds `key: []` to a map, standing in for a required list.
-        pub fn insert_empty_list(&mut self, key: &str) {
-            let pos = self.pos;
-            if let Kind::Map(entries) = &mut self.kind {
-                entries.push(Entry {
-                    key: key.to_owned(),
-                    key_pos: pos,
-                    value: Node {
-                        id: usize::MAX,
-                        pos,
-                        tag: None,
-                        kind: Kind::Seq(Vec::new()),
-                    },
-                });
-            }
-        }
-    }
-
-    pub struct Document {
-        /// `None` for a file without any document (empty, or only comments).
-        pub root: Option<Node>,
-        /// Duplicate and non-text keys, already left out of `root`.
-        pub problems: Vec<Problem>,
-    }
-
-    struct Open {
-        node: Node,
-        /// A map's key waiting for its value.
-        key: Option<Node>,
-        raw_entries: Vec<(Node, Node)>,
-        anchor: usize,
-    }
-
-    fn problem(pos: Pos, message: impl Into<String>) -> Problem {
-        Problem {
-            line: pos.line,
-            column: pos.column,
-            message: message.into(),
-        }
-    }
-
-    fn tag_text(tag: Option<&Tag>) -> Option<String> {
-        tag.map(|tag| {
-            if tag.handle == "!" {
-                format!("!{}", tag.suffix)
-            } else {
-                format!("!<{}{}>", tag.handle, tag.suffix)
-            }
-        })
-    }
-
-    fn count(node: &Node) -> usize {
-        match &node.kind {
-            Kind::Scalar { .. } => 1,
-            Kind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-            Kind::Map(entries) => {
-                1 + entries
-                    .iter()
-                    .map(|entry| 1 + count(&entry.value))
-                    .sum::<usize>()
-            }
-        }
-    }
-
-    /// Reads the text into a tree; a syntax error is the one problem returned.
-    pub fn read(text: &str) -> Result<Document, Problem> {
-        let mut parser = Parser::new_from_str(text);
-        let mut stack: Vec<Open> = Vec::new();
-        let mut anchors: HashMap<usize, Node> = HashMap::new();
-        let mut problems = Vec::new();
-        let mut root = None;
-        let mut documents = 0;
-        let mut next_id = 0;
-        let mut nodes = 0;
-        while let Some(event) = parser.next_event() {
-            let (event, span) = event.map_err(|err| {
-                let pos = Pos {
-                    line: err.marker().line(),
-                    column: err.marker().col() + 1,
-                };
-                problem(pos, format!("this is not valid YAML: {}", err.info()))
-            })?;
-            let pos = Pos::of(span);
-            let is_map = matches!(event, Event::MappingStart(..));
-            next_id += 1;
-            let node = |kind| Node {
-                id: next_id,
-                pos,
-                tag: None,
-                kind,
-            };
-            let done = match event {
-                Event::DocumentStart(_) => {
-                    documents += 1;
-                    if documents > 1 {
-                        return Err(problem(
-                            pos,
-                            "a second YAML document starts here (`---`): keep all settings in one",
-                        ));
-                    }
-                    None
-                }
-                Event::Scalar(value, style, anchor, tag) => {
-                    let mut scalar = node(Kind::Scalar {
-                        text: value.into_owned(),
-                        style: match style {
-                            ScalarStyle::Plain => Style::Plain,
-                            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Style::Quoted,
-                            _ => Style::Block,
-                        },
-                    });
-                    scalar.tag = tag_text(tag.as_deref());
-                    Some((scalar, anchor))
-                }
-                Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) => {
-                    if stack.len() >= MAX_DEPTH {
-                        return Err(problem(pos, "the settings are nested too deeply here"));
-                    }
-                    let kind = if is_map {
-                        Kind::Map(Vec::new())
-                    } else {
-                        Kind::Seq(Vec::new())
-                    };
-                    let mut open = node(kind);
-                    open.tag = tag_text(tag.as_deref());
-                    stack.push(Open {
-                        node: open,
-                        key: None,
-                        raw_entries: Vec::new(),
-                        anchor,
-                    });
-                    None
-                }
-                Event::SequenceEnd | Event::MappingEnd => stack.pop().map(|open| {
-                    let mut node = open.node;
-                    if let Kind::Map(entries) = &mut node.kind {
-                        *entries = check_keys(open.raw_entries, &mut problems);
-                    }
-                    (node, open.anchor)
-                }),
-                Event::Alias(id) => {
-                    let mut copy = anchors.get(&id).cloned().ok_or_else(|| {
-                        problem(pos, "this alias (`*name`) refers to no anchor (`&name`)")
-                    })?;
-                    nodes += count(&copy);
-                    if nodes > MAX_NODES {
-                        return Err(problem(pos, "aliases here expand to too many values"));
-                    }
-                    copy.pos = pos;
-                    Some((copy, 0))
-                }
-                _ => None,
-            };
-            let Some((node, anchor)) = done else { continue };
-            if anchor != 0 {
-                anchors.insert(anchor, node.clone());
-            }
-            match stack.last_mut() {
-                None => root = Some(node),
-                Some(open) => match &mut open.node.kind {
-                    Kind::Seq(items) => items.push(node),
-                    _ => match open.key.take() {
-                        None => open.key = Some(node),
-                        Some(key) => open.raw_entries.push((key, node)),
-                    },
-                },
-            }
-        }
-        Ok(Document { root, problems })
-    }
-
-    /// Keeps the first of duplicate keys and only text keys, noting a problem for the rest.
-    fn check_keys(raw: Vec<(Node, Node)>, problems: &mut Vec<Problem>) -> Vec<Entry> {
-        let mut entries: Vec<Entry> = Vec::new();
-        for (key, value) in raw {
-            let Kind::Scalar { text, .. } = key.kind else {
-                problems.push(problem(
-                    key.pos,
-                    "a key must be a plain name, not a list or a group",
-                ));
-                continue;
-            };
-            if let Some(first) = entries.iter().find(|entry| entry.key == text) {
-                problems.push(problem(
-                    key.pos,
-                    format!(
-                        "`{text}` is set twice in the same place (first at line {}, column {}): keep one",
-                        first.key_pos.line, first.key_pos.column
-                    ),
-                ));
-                continue;
-            }
-            entries.push(Entry {
-                key: text,
-                key_pos: key.pos,
-                value,
-            });
-        }
-        entries
-    }
-
-    /// The tree as YAML text for serde_yaml, and which node each error location names.
-    pub struct Emitted {
-        pub text: String,
-        targets: BTreeMap<(usize, usize), Target>,
-    }
-
-    impl Emitted {
-        /// The node at a serde_yaml location (1-based); the nearest start to its left on the
-        /// line if the column is not exact.
-        pub fn target_at(&self, line: usize, column: usize) -> Option<&Target> {
-            self.targets
-                .range(..=(line, column))
-                .next_back()
-                .filter(|((found, _), _)| *found == line)
-                .map(|(_, target)| target)
-        }
-    }
-
-    /// Writes block YAML where each map entry is `? "key"` / `:` / value on its own lines, so a
-    /// map's start, its first key and every value sit at different places.
-    pub fn emit(root: &Node) -> Emitted {
-        let mut emitter = Emitter {
-            lines: Vec::new(),
-            targets: BTreeMap::new(),
-        };
-        emitter.node(root, 0, &mut Vec::new());
-        let mut text = emitter.lines.join("\n");
-        text.push('\n');
-        Emitted {
-            text,
-            targets: emitter.targets,
-        }
-    }
-
-    struct Emitter {
-        lines: Vec<String>,
-        targets: BTreeMap<(usize, usize), Target>,
-    }
-
-    impl Emitter {
-        fn line(&mut self, text: String) -> usize {
-            self.lines.push(text);
-            self.lines.len()
-        }
-
-        fn mark(&mut self, line: usize, column: usize, path: &[Seg], part: Part) {
-            self.targets.insert(
-                (line, column),
-                Target {
-                    path: path.to_vec(),
-                    part,
-                },
             );
         }
-
-        fn node(&mut self, node: &Node, indent: usize, path: &mut Vec<Seg>) {
-            let pad = " ".repeat(indent);
-            match &node.kind {
-                Kind::Scalar { text, style } => {
-                    let tag = node
-                        .tag
-                        .as_ref()
-                        .map(|tag| format!("{tag} "))
-                        .unwrap_or_default();
-                    let line = self.line(format!(
-                        "{pad}{tag}{}",
-                        scalar(text, *style == Style::Plain)
-                    ));
-                    self.mark(line, indent + 1, path, Part::Value);
-                }
-                Kind::Seq(items) if items.is_empty() => {
-                    let line = self.line(format!("{pad}[]"));
-                    self.mark(line, indent + 1, path, Part::Value);
-                }
-                Kind::Map(entries) if entries.is_empty() => {
-                    let line = self.line(format!("{pad}{{}}"));
-                    self.mark(line, indent + 1, path, Part::Value);
-                }
-                Kind::Seq(items) => {
-                    for (index, item) in items.iter().enumerate() {
-                        let line = self.line(format!("{pad}-"));
-                        if index == 0 {
-                            self.mark(line, indent + 1, path, Part::Value);
-                        }
-                        path.push(Seg::Index(index));
-                        self.value(item, indent, line, path);
-                        path.pop();
-                    }
-                }
-                Kind::Map(entries) => {
-                    for (index, entry) in entries.iter().enumerate() {
-                        let line = self.line(format!("{pad}? {}", scalar(&entry.key, false)));
-                        if index == 0 {
-                            self.mark(line, indent + 1, path, Part::Value);
-                        }
-                        path.push(Seg::Key(entry.key.clone()));
-                        self.mark(line, indent + 3, path, Part::Key);
-                        let colon = self.line(format!("{pad}:"));
-                        self.value(&entry.value, indent, colon, path);
-                        path.pop();
-                    }
-                }
-            }
+        if topic.is_empty() {
+            out.add(at_topic, "a keypad's `topic` must not be empty");
+        } else if topic.contains(['+', '#']) {
+            let message =
+                format!("keypad topic {topic:?} must not contain `+` or `#` (MQTT wildcards)");
+            out.add(at_topic, message);
+        } else if topic.starts_with(&base) {
+            let message = format!(
+                "keypad topic {topic:?} is under `base_topic` ({base}), where the bridge itself \
+                 publishes: pick a topic outside it"
+            );
+            out.add(at_topic, message);
+        } else if let Some((_, what)) = reserved.iter().find(|(t, _)| t == topic) {
+            let message = format!(
+                "keypad topic {topic:?} is {what}: the bridge would take those messages for keypad \
+                 entries; pick another topic"
+            );
+            out.add(at_topic, message);
         }
-
-        /// A value after a `-` or `:` line at `indent`; an empty one stays on that line.
-        fn value(&mut self, node: &Node, indent: usize, indicator: usize, path: &mut Vec<Seg>) {
-            match &node.kind {
-                Kind::Scalar {
-                    text,
-                    style: Style::Plain,
-                } if text.is_empty() && node.tag.is_none() => {
-                    self.mark(indicator, indent + 2, path, Part::Value);
-                }
-                _ => self.node(node, indent + 2, path),
-            }
+        if let Some(other) = earlier.iter().find(|other| other.topic == *topic) {
+            let message = format!(
+                "keypads {:?} and {name:?} both listen on {topic:?}: each keypad needs its own topic",
+                other.name
+            );
+            out.add(at_topic, message);
         }
-    }
-
-    /// A plain scalar is written as it was (it keeps its YAML type); anything else becomes a
-    /// double-quoted string, which is what it was.
-    fn scalar(text: &str, plain: bool) -> String {
-        if plain && !text.is_empty() && !text.contains(['\n', '\r']) {
-            return text.to_owned();
-        }
-        let mut quoted = String::with_capacity(text.len() + 2);
-        quoted.push('"');
-        for c in text.chars() {
-            match c {
-                '"' => quoted.push_str("\\\""),
-                '\\' => quoted.push_str("\\\\"),
-                '\n' => quoted.push_str("\\n"),
-                '\t' => quoted.push_str("\\t"),
-                c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
-                    quoted.push_str(&format!("\\u{:04x}", u32::from(c)));
-                }
-                c => quoted.push(c),
-            }
-        }
-        quoted.push('"');
-        quoted
     }
 }
 
@@ -1908,7 +1245,7 @@ keypads: []
         assert_eq!(at, [(1, 14), (1, 33)], "{found:#?}");
         assert_eq!(
             found[0].message,
-            "`port` must be a number from 1 to 65535, found the number 99999"
+            "`port` must be from 1 to 65535, found 99999"
         );
         assert!(found[1].message.contains("must not contain `+` or `#`"));
     }
@@ -1976,17 +1313,19 @@ keypads: []
     }
 
     #[test]
-    fn a_keypad_with_a_bad_protocol_is_reported_once() {
+    fn an_unknown_protocol_is_the_one_problem_serde_reports_and_the_checks_wait_for_it() {
         let text = "keypads:\n  - name: hall\n    protocol: zigbee\n    topic: z/hall\n  - name: Front\n    protocol: json\n    topic: front\n";
         let found = problems(text);
-        assert_eq!(found.len(), 2, "{found:#?}");
+        assert_eq!(found.len(), 1, "{found:#?}");
         assert_eq!((found[0].line, found[0].column), (3, 15));
         assert_eq!(
             found[0].message,
             "`protocol` must be one of zigbee2mqtt, json, plain, found the text \"zigbee\""
         );
-        assert_eq!((found[1].line, found[1].column), (5, 11));
-        assert!(found[1].message.contains("lowercase"));
+        let fixed = problems(&text.replace("zigbee\n", "zigbee2mqtt\n"));
+        assert_eq!(fixed.len(), 1, "{fixed:#?}");
+        assert_eq!((fixed[0].line, fixed[0].column), (5, 11));
+        assert!(fixed[0].message.contains("lowercase"));
     }
 
     #[test]
@@ -2134,6 +1473,23 @@ keypads:
     }
 
     #[test]
+    fn tags_disarm_by_default_and_can_be_kept_to_arming() {
+        assert!(parse("keypads: []\n").unwrap().tags.disarm);
+        assert!(
+            !parse("tags: {disarm: false}\nkeypads: []\n")
+                .unwrap()
+                .tags
+                .disarm
+        );
+        let found = problems("tags: {disarm: maybe}\nkeypads: []\n");
+        assert_eq!((found[0].line, found[0].column), (1, 16));
+        assert_eq!(
+            found[0].message,
+            "`disarm` must be true or false, found the text \"maybe\""
+        );
+    }
+
+    #[test]
     fn a_known_time_zone_is_accepted_and_resolved() {
         let config = parse("timezone: Europe/Paris\nkeypads: []\n").unwrap();
         assert_eq!(
@@ -2173,9 +1529,9 @@ keypads:
     }
 
     #[test]
-    fn every_setting_has_plain_words_for_what_it_expects() {
-        fn leaves(value: &Value, path: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
-            out.push(path.clone());
+    fn every_number_setting_has_one_range_and_every_range_names_a_number_setting() {
+        fn leaves(value: &Value, path: &mut Vec<Seg>, out: &mut Vec<(Vec<Seg>, Value)>) {
+            out.push((path.clone(), value.clone()));
             match value {
                 Value::Mapping(map) => {
                     for (key, child) in map {
@@ -2192,14 +1548,21 @@ keypads:
                 _ => {}
             }
         }
-        let mut paths = Vec::new();
-        leaves(&schema(), &mut Vec::new(), &mut paths);
-        for path in paths
+        let mut found = Vec::new();
+        leaves(&schema(), &mut Vec::new(), &mut found);
+        let numbers: Vec<String> = found
             .iter()
-            .filter(|path| !matches!(schema_at(path), Some(Value::Mapping(_))))
-        {
-            let name = schema_name(path);
-            assert!(expected_words(&name).is_some(), "{name} has no words");
+            .filter(|(_, value)| value.is_number())
+            .map(|(path, _)| schema_name(path))
+            .collect();
+        let ranges: Vec<String> = RANGES.iter().map(|r| r.path.to_owned()).collect();
+        assert_eq!(numbers, ranges);
+        for (path, _) in &found {
+            assert!(
+                !expectation(path).is_empty(),
+                "{} has no words",
+                schema_name(path)
+            );
         }
     }
 

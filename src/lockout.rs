@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The key of the snapshot ([`Lockouts::to_json`]) in the store's `meta` tree.
 pub const META_KEY: &str = "lockouts";
 
-/// The `lockout:` config section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The `lockout:` config section, read straight from the file (`config::LockoutConfig`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LockoutRules {
     /// Failures within `window_s` that lock the source (0 behaves as 1).
     pub max_failures: u32,
@@ -50,14 +51,21 @@ struct Source {
     last_lock_end: Option<Timestamp>,
 }
 
-impl LockoutRules {
-    pub fn from_config(l: &crate::config::LockoutConfig) -> LockoutRules {
+impl Default for LockoutRules {
+    fn default() -> Self {
         LockoutRules {
-            max_failures: l.max_failures,
-            window_s: l.window_s,
-            duration_s: l.duration_s,
-            max_duration_s: l.max_duration_s,
+            max_failures: 4,
+            window_s: 600,
+            duration_s: 90,
+            max_duration_s: 3600,
         }
+    }
+}
+
+impl LockoutRules {
+    /// The config section is the rules themselves; kept for the daemon's call.
+    pub fn from_config(rules: &crate::config::LockoutConfig) -> LockoutRules {
+        *rules
     }
 }
 

@@ -180,11 +180,7 @@ pub enum Create {
 impl Store {
     /// Opens (or creates) the store named by the config.
     pub fn open(config: &Config, create: Create) -> Result<Store, StoreError> {
-        let params = Argon2Params {
-            memory_kib: config.codes.argon2.memory_kib,
-            iterations: config.codes.argon2.iterations,
-            parallelism: config.codes.argon2.parallelism,
-        };
+        let params = config.codes.argon2;
         Store::open_with(&config.store, params, config.activity.max_entries, create)
     }
 
