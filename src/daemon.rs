@@ -49,7 +49,8 @@ pub async fn run_with_store(
         .map_err(|e| anyhow::anyhow!("cannot use the time zone: {e}"))?;
     let topics = Topics::new(&config);
     let now = Timestamp::now();
-    let saved = load_saved(&store)?.unwrap_or_else(|| Saved::new(now));
+    let saved = Saved::newest(store.load_alarm(), store.meta(ALARM_STATE)?)?
+        .unwrap_or_else(|| Saved::new(now));
     // A lockout survives a restart: cutting the power must not give a guesser a fresh count.
     let lockouts = Lockouts::restore(
         LockoutRules::from_config(&config.lockout),
@@ -62,7 +63,7 @@ pub async fn run_with_store(
         saved,
         lockouts,
     );
-    let bridges = zigbee2mqtt_bridges(&config);
+    let bridges = Topics::zigbee2mqtt_bridges(&config);
     let lanes = mqtt::Lanes {
         alarm: topics.alarm_set.clone(),
         config: topics.config_set.clone(),
@@ -120,29 +121,9 @@ pub async fn run_with_store(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            event = inbox.control.recv() => match event {
-                Some(event) => daemon.on_mqtt(event).await,
-                None => anyhow::bail!("the MQTT connection task stopped"),
-            },
             // Messages before deadlines: each message first advances the alarm to the time
-            // it arrived, so a code typed before a deadline counts before it. Keypads and
-            // the alarm before code management: a flood of commands cannot silence them.
-            // The lanes in order: Home Assistant's commands (TRIGGER), keypads, status, code
-            // management; a flood on one lane delays the others at most by the cheap
-            // handling of junk.
-            event = inbox.alarm.recv() => match event {
-                Some(event) => daemon.on_mqtt(event).await,
-                None => anyhow::bail!("the MQTT connection task stopped"),
-            },
-            event = inbox.keypads.recv() => match event {
-                Some(event) => daemon.on_mqtt(event).await,
-                None => anyhow::bail!("the MQTT connection task stopped"),
-            },
-            event = inbox.status.recv() => match event {
-                Some(event) => daemon.on_mqtt(event).await,
-                None => anyhow::bail!("the MQTT connection task stopped"),
-            },
-            event = inbox.admin.recv() => match event {
+            // it arrived, so a code typed before a deadline counts before it.
+            event = inbox.next() => match event {
                 Some(event) => daemon.on_mqtt(event).await,
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
@@ -667,49 +648,4 @@ where
         Ok(result) => result,
         Err(e) => Err(E::from(StoreError::Task(e.to_string()))),
     }
-}
-
-/// The saved alarm state: the newer of the store's copy and the file beside it. A damaged or
-/// missing file is not fatal while the store has its copy (it is committed first).
-fn load_saved(store: &Store) -> anyhow::Result<Option<Saved>> {
-    let copy: Option<Saved> = match store.meta(ALARM_STATE)? {
-        Some(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(saved) => Some(saved),
-            Err(e) => {
-                tracing::warn!(error = %e, "the store's copy of the alarm state is unreadable; using the alarm-state file");
-                None
-            }
-        },
-        None => None,
-    };
-    let file = store.load_alarm::<Saved>();
-    Ok(match (file, copy) {
-        (Ok(Some(file)), Some(copy)) if copy.generation > file.generation => {
-            tracing::warn!("the alarm-state file is older than the store's copy (a power cut between the two writes): using the store's");
-            Some(copy)
-        }
-        (Ok(Some(file)), _) => Some(file),
-        (Ok(None), copy) => copy,
-        (Err(e), Some(copy)) => {
-            tracing::warn!(error = %e, "using the store's copy of the alarm state");
-            Some(copy)
-        }
-        (Err(e), None) => return Err(e.into()),
-    })
-}
-
-/// The bridge-state topic of every Zigbee2MQTT instance that has a keypad, taking the first
-/// level of the keypad's topic as Zigbee2MQTT's base topic (`zigbee2mqtt/Hall keypad` →
-/// `zigbee2mqtt/bridge/state`).
-fn zigbee2mqtt_bridges(config: &Config) -> Vec<String> {
-    let mut bridges: Vec<String> = config
-        .keypads
-        .iter()
-        .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt)
-        .filter_map(|k| k.topic.split('/').next())
-        .map(|base| format!("{base}/bridge/state"))
-        .collect();
-    bridges.sort();
-    bridges.dedup();
-    bridges
 }

@@ -127,6 +127,21 @@ pub struct Inbox {
     pub admin: mpsc::Receiver<MqttEvent>,
 }
 
+impl Inbox {
+    /// The next event: connection events first, then the lanes in order. `None` once the
+    /// connection task has stopped. (Each `recv` is cancel-safe.)
+    pub async fn next(&mut self) -> Option<MqttEvent> {
+        tokio::select! {
+            biased;
+            event = self.control.recv() => event,
+            event = self.alarm.recv() => event,
+            event = self.keypads.recv() => event,
+            event = self.status.recv() => event,
+            event = self.admin.recv() => event,
+        }
+    }
+}
+
 /// Which topics go to which lane of the [`Inbox`]; any other topic goes to `keypads`.
 #[derive(Clone, Debug)]
 pub struct Lanes {

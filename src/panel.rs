@@ -29,7 +29,7 @@ use crate::keypad::{
     json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, TypedCode,
 };
 use crate::lockout::{Locked, Lockouts};
-use crate::store::Change;
+use crate::store::{Change, StoreError};
 use crate::topics::Topics;
 use crate::users::{Credential, Role, Use, User};
 
@@ -76,6 +76,35 @@ pub struct Saved {
 }
 
 impl Saved {
+    /// The newer of the alarm-state file and the store's copy (committed first, so a power
+    /// cut between the two leaves the file older). A damaged or missing file is not fatal
+    /// while the store's copy is readable.
+    pub fn newest(
+        file: Result<Option<Saved>, StoreError>,
+        copy: Option<Vec<u8>>,
+    ) -> Result<Option<Saved>, StoreError> {
+        let copy: Option<Saved> = copy.and_then(|bytes| match serde_json::from_slice(&bytes) {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                tracing::warn!(error = %e, "the store's copy of the alarm state is unreadable; using the alarm-state file");
+                None
+            }
+        });
+        Ok(match (file, copy) {
+            (Ok(Some(file)), Some(copy)) if copy.generation > file.generation => {
+                tracing::warn!("the alarm-state file is older than the store's copy (a power cut between the two writes): using the store's");
+                Some(copy)
+            }
+            (Ok(Some(file)), _) => Some(file),
+            (Ok(None), copy) => copy,
+            (Err(e), Some(copy)) => {
+                tracing::warn!(error = %e, "using the store's copy of the alarm state");
+                Some(copy)
+            }
+            (Err(e), None) => return Err(e),
+        })
+    }
+
     pub fn new(now: Timestamp) -> Saved {
         Saved {
             alarm: Alarm::new(now),

@@ -49,6 +49,22 @@ impl Topics {
         format!("{}/keypad/{keypad}/result", self.base)
     }
 
+    /// The bridge-state topic of every Zigbee2MQTT instance that has a keypad, taking the first
+    /// level of the keypad's topic as Zigbee2MQTT's base topic (`zigbee2mqtt/Hall keypad` →
+    /// `zigbee2mqtt/bridge/state`).
+    pub fn zigbee2mqtt_bridges(config: &Config) -> Vec<String> {
+        let mut bridges: Vec<String> = config
+            .keypads
+            .iter()
+            .filter(|k| k.protocol == crate::config::KeypadProtocol::Zigbee2mqtt)
+            .filter_map(|k| k.topic.split('/').next())
+            .map(|base| format!("{base}/bridge/state"))
+            .collect();
+        bridges.sort();
+        bridges.dedup();
+        bridges
+    }
+
     /// Where a Zigbee2MQTT keypad takes commands.
     pub fn zigbee2mqtt_set(device_topic: &str) -> String {
         format!("{device_topic}/set")
