@@ -148,6 +148,9 @@ pub fn connect(
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     options.set_network_options(network);
+    // rumqttc v5 sizes its in-flight table by this limit, u16::MAX by default: 14 MiB of
+    // resident memory for a daemon that has a few messages in flight (issue 11).
+    options.set_outgoing_inflight_upper_limit(100);
     if let Some(password) = config.read_mqtt_password()? {
         let Some(username) = &m.username else {
             bail!("mqtt.password_file is set but mqtt.username is not");
