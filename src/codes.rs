@@ -5,12 +5,17 @@
 //! Argon2id computation, keyed by the site secret and salted by the site salt, so that the store
 //! maps lookup key → user id and checking a code never depends on the number of users.
 //! Everything here is pure and synchronous; the daemon runs [`LookupKeyer::key`] off the runtime.
+//!
+//! The keyer owns one Argon2 working memory (19 MiB at the default parameters), allocated once
+//! and reused by every computation, one at a time. A fresh block per computation is freed back
+//! to glibc, which keeps it in the arena of whichever blocking-pool thread ran it: the daemon
+//! grew to hundreds of MB that way (issue 11).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 
 /// A keypad code that has passed the format rules. It can be compared and hashed, never shown.
@@ -139,13 +144,16 @@ impl LookupKey {
 
 /// Computes lookup keys with the site's secret, salt and recorded parameters.
 ///
-/// Cheap to clone; clones share the computation counter, which tests read to prove that a
-/// locked-out source is refused without hashing.
+/// Cheap to clone; clones share the working memory (so at most one computation runs at a time,
+/// whatever the number of blocking threads) and the computation counter, which tests read to
+/// prove that a locked-out source is refused without hashing.
 #[derive(Clone)]
 pub struct LookupKeyer {
     secret: Arc<[u8]>,
     salt: Arc<[u8]>,
     params: Params,
+    /// The Argon2 working memory, `params.block_count()` blocks, wiped after each use.
+    memory: Arc<Mutex<Vec<Block>>>,
     computations: Arc<AtomicU64>,
 }
 
@@ -165,10 +173,12 @@ impl LookupKeyer {
         )?;
         // Validate the combination once, so that `key` cannot fail later.
         Argon2::new_with_secret(secret, Algorithm::Argon2id, Version::V0x13, params.clone())?;
+        let memory = vec![Block::new(); params.block_count()];
         Ok(LookupKeyer {
             secret: secret.into(),
             salt: salt.into(),
             params,
+            memory: Arc::new(Mutex::new(memory)),
             computations: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -187,16 +197,24 @@ impl LookupKeyer {
 
     fn raw(&self, pwd: &[u8]) -> LookupKey {
         let mut out = [0u8; LOOKUP_KEY_LEN];
+        // A panic while hashing leaves nothing half-done that matters: the memory is
+        // overwritten by the next computation and wiped after it.
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         // The parameters and secret were validated in `new`, the store checks the salt's
-        // length when it opens, and a code is a few bytes long: hashing cannot fail.
-        Argon2::new_with_secret(
+        // length when it opens, the memory has the parameters' block count, and a code is a
+        // few bytes long: hashing cannot fail.
+        let hashed = Argon2::new_with_secret(
             &self.secret,
             Algorithm::Argon2id,
             Version::V0x13,
             self.params.clone(),
         )
-        .and_then(|a| a.hash_password_into(pwd, &self.salt, &mut out))
-        .expect("argon2 parameters were validated when the keyer was built");
+        .and_then(|a| a.hash_password_into_with_memory(pwd, &self.salt, &mut out, &mut *memory));
+        // argon2's `zeroize` feature wipes only its own stack values, not caller memory; what is
+        // left in the blocks would let a memory dump test guesses more cheaply.
+        zeroize::Zeroize::zeroize(&mut memory.iter_mut());
+        drop(memory);
+        hashed.expect("argon2 parameters were validated when the keyer was built");
         LookupKey(out)
     }
 
@@ -304,6 +322,107 @@ mod tests {
         assert_eq!(one.computations(), 2);
         assert_eq!(one.clone().computations(), 2);
         assert_eq!(two.computations(), 1);
+    }
+
+    #[test]
+    fn the_lookup_key_is_the_one_argon2id_gives_with_its_own_memory() {
+        // Vectors computed with `Argon2::hash_password_into` (a fresh block each time), as the
+        // keyer did before it reused one working memory.
+        let code = Code::parse("0042", 4, 6).unwrap();
+        let small = keyer(b"secret-one-secret-one-secret-one");
+        let expected = "c453426c3df6ffae208eddb318dc1d61fbf7b59ea325a864375bb1d64636d3ed";
+        assert_eq!(small.key(&code).to_hex(), expected);
+        assert_eq!(
+            small.key(&code).to_hex(),
+            expected,
+            "the reused memory changes nothing"
+        );
+        let default = LookupKeyer::new(
+            b"secret-one-secret-one-secret-one",
+            b"0123456789abcdef",
+            Argon2Params {
+                memory_kib: 19456,
+                iterations: 2,
+                parallelism: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            default.key(&code).to_hex(),
+            "6c8d4fc277311a4550b1c829ba3526d0c3af476f9bf705c8843b1acad0453135"
+        );
+    }
+
+    #[test]
+    fn the_working_memory_is_wiped_after_each_computation() {
+        let k = keyer(b"secret-one-secret-one-secret-one");
+        k.key(&Code::parse("4711", 4, 6).unwrap());
+        let memory = k.memory.lock().unwrap();
+        assert!(memory.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
+    }
+
+    fn rss_kib() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    #[test]
+    fn twenty_computations_on_four_threads_do_not_grow_memory() {
+        // Other tests allocate in this process while they run: measure in a child process
+        // that runs this test alone.
+        const CHILD: &str = "KEYPAD_BRIDGE_RSS_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "codes::tests::twenty_computations_on_four_threads_do_not_grow_memory",
+                    "--exact",
+                    "--test-threads=1",
+                    "--quiet",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(
+                child.status.success(),
+                "the measuring child failed: {}",
+                String::from_utf8_lossy(&child.stdout)
+            );
+            return;
+        }
+        // One pass (t = 1) keeps this quick in a debug build; the memory cost is m alone.
+        let k = LookupKeyer::new(
+            b"secret-one-secret-one-secret-one",
+            b"0123456789abcdef",
+            Argon2Params {
+                memory_kib: 19456,
+                iterations: 1,
+                parallelism: 1,
+            },
+        )
+        .unwrap();
+        let code = Code::parse("4711", 4, 6).unwrap();
+        k.key(&code);
+        let Some(before) = rss_kib() else {
+            return; // no /proc: nothing to measure
+        };
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        k.key(&code);
+                    }
+                });
+            }
+        });
+        let after = rss_kib().unwrap();
+        assert_eq!(k.computations(), 21);
+        // A fresh 19 MiB block per computation, kept by each thread's malloc arena, grew the
+        // process by hundreds of MiB.
+        assert!(
+            after < before + 4 * 1024,
+            "RSS grew from {before} KiB to {after} KiB"
+        );
     }
 
     #[test]

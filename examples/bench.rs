@@ -1,0 +1,945 @@
+//! The benchmark of issue 11: what a keypad user feels, against the peers' design, in the
+//! memory of a Raspberry Pi.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --quick --json bench-quick.json   # 1 and 300 users
+//! cargo run --release --example bench -- --json bench.json                 # 1, 100, 10000 users
+//! ```
+//!
+//! It builds the daemon first (`cargo build --release --bin keypad-bridge`, a no-op when it is
+//! up to date) and runs that binary, `target/release/keypad-bridge`, next to this example's own.
+//! It starts a real mosquitto (its own config: a free 127.0.0.1 port, `set_tcp_nodelay true`,
+//! no persistence) and one daemon per store size, each in a temp dir, and stops every process
+//! by its pid. Stores are built offline through the library before the daemon starts (adding
+//! 10000 users over MQTT re-publishes the whole roster after each one, DESIGN 10e): the users
+//! whose codes are typed get real lookup keys; the others get random 32-byte keys, which the
+//! `codes` tree cannot tell from Argon2 outputs. No code is ever printed.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use keypad_bridge::codes::{Code, LookupKey};
+use keypad_bridge::events::{Event, EventType};
+use keypad_bridge::store::{Change, Create, Store};
+use keypad_bridge::users::{Role, User};
+use rand::Rng;
+use rumqttc::{Client, Event as MqttEvent, Incoming, MqttOptions, NetworkOptions, QoS};
+use serde_json::{json, Map, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Plan {
+    sizes: Vec<usize>,
+    entries: usize,
+    admin: usize,
+    rtt: usize,
+    argon2: usize,
+    scan_samples: [usize; 3],
+    commit: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut quick = false;
+    let mut json_path = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json_path = Some(PathBuf::from(args.next().context("--json FILE")?)),
+            other => bail!("unknown argument {other:?}; use [--quick] [--json FILE]"),
+        }
+    }
+    let plan = if quick {
+        Plan {
+            sizes: vec![1, 300],
+            entries: 60,
+            admin: 20,
+            rtt: 200,
+            argon2: 10,
+            scan_samples: [5, 3, 2],
+            commit: 20,
+        }
+    } else {
+        Plan {
+            sizes: vec![1, 100, 10000],
+            entries: 200,
+            admin: 40,
+            rtt: 1000,
+            argon2: 30,
+            scan_samples: [15, 7, 3],
+            commit: 50,
+        }
+    };
+    let daemon_bin = build_daemon()?;
+    let broker = Broker::start()?;
+    let probe = Probe::connect(broker.port)?;
+    let mut out = Map::new();
+    let mut table = Vec::new();
+
+    // 1. Broker round trip.
+    let rtt = broker_rtt(&probe, plan.rtt)?;
+    table.push(format!(
+        "broker_rtt_us          p50 {:>8}  p99 {:>8}",
+        rtt.0, rtt.1
+    ));
+    out.insert("broker_rtt_us".into(), json!({"p50": rtt.0, "p99": rtt.1}));
+
+    let root = tempfile::tempdir()?;
+    let mut entry = Map::new();
+    let mut breakdown = Map::new();
+    let mut admin = Map::new();
+    let mut rss = Map::new();
+    let mut argon2_us = 0;
+    let mut last_site = None;
+    for (run, &size) in plan.sizes.iter().enumerate() {
+        let mut site = Site::build(root.path(), run, size, broker.port)?;
+        if run == 0 {
+            // 2. One lookup key with the store's parameters, in this (release) process.
+            let store = site.open()?;
+            let code = Code::parse(&site.codes[0], 4, 12).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let samples: Vec<u64> = (0..plan.argon2)
+                .map(|_| {
+                    time_us(|| {
+                        std::hint::black_box(store.keyer().key(&code));
+                    })
+                })
+                .collect();
+            argon2_us = percentile(&samples, 50);
+            table.push(format!("argon2_us              p50 {argon2_us:>8}"));
+        }
+        let commit = site.commit_costs(plan.commit)?;
+        site.write_config(&format!("kbb{run}"), 1_000_000, 10, 1)?;
+        let mut daemon = Daemon::start(&daemon_bin, &site, &probe)?;
+        let sampler = Sampler::start(daemon.pid());
+        if run == 0 {
+            std::thread::sleep(Duration::from_millis(500));
+            rss.insert("idle".into(), json!(vm(daemon.pid(), "VmRSS:")));
+        }
+        // 3. Keypad entries, half right, half wrong.
+        let (all, right, wrong) = entries(&probe, &site, plan.entries)?;
+        let (p50, p99) = (percentile(&all, 50), percentile(&all, 99));
+        table.push(format!(
+            "entry_latency_us {size:>5}  p50 {p50:>8}  p99 {p99:>8}  (right {} wrong {})",
+            percentile(&right, 50),
+            percentile(&wrong, 50)
+        ));
+        entry.insert(size.to_string(), json!({"p50": p50, "p99": p99}));
+        breakdown.insert(
+            size.to_string(),
+            entry_breakdown(
+                argon2_us,
+                &commit,
+                percentile(&right, 50),
+                percentile(&wrong, 50),
+            ),
+        );
+        // 6. Admin: add_user with a code.
+        let adds = admin_latency(&probe, &site, plan.admin)?;
+        let (p50, p99) = (percentile(&adds, 50), percentile(&adds, 99));
+        table.push(format!(
+            "admin_latency_us {size:>5}  p50 {p50:>8}  p99 {p99:>8}"
+        ));
+        admin.insert(size.to_string(), json!({"p50": p50, "p99": p99}));
+        if run == 0 {
+            // 5. The maximum while 1000 entries run (one user).
+            let start_max = sampler.max();
+            let (all, _, _) = entries(&probe, &site, 1000)?;
+            let max = sampler.max().max(start_max).max(vm(daemon.pid(), "VmHWM:"));
+            rss.insert("max_1000_entries".into(), json!(max));
+            table.push(format!(
+                "rss during 1000 entries: max {max} KiB (entry p50 {} us)",
+                percentile(&all, 50)
+            ));
+        }
+        if run + 1 == plan.sizes.len() {
+            let max = sampler.max().max(vm(daemon.pid(), "VmHWM:"));
+            rss.insert("max_largest_store".into(), json!(max));
+        }
+        sampler.stop();
+        daemon.stop()?;
+        last_site = Some(site);
+    }
+    out.insert("argon2_us".into(), json!({"p50": argon2_us}));
+    out.insert("entry_latency_us".into(), Value::Object(entry));
+    out.insert("entry_breakdown_us".into(), Value::Object(breakdown));
+    out.insert("admin_latency_us".into(), Value::Object(admin));
+
+    // 7. The burst, on the largest store, with the default lockout.
+    let mut site = last_site.context("no store size")?;
+    site.write_config("kbburst", 4, 600, 10)?;
+    let mut daemon = Daemon::start(&daemon_bin, &site, &probe)?;
+    let sampler = Sampler::start(daemon.pid());
+    let burst = burst(&probe, &site, daemon.pid(), &sampler)?;
+    sampler.stop();
+    daemon.stop()?;
+    table.push(format!("burst {burst}"));
+    rss.insert("max_burst".into(), burst["max_rss_kib"].clone());
+    out.insert("rss_kib".into(), Value::Object(rss.clone()));
+    out.insert("burst".into(), burst);
+    drop(probe);
+    drop(broker);
+
+    // 4. The peers' design: a wrong code against N PHC hashes in turn.
+    let params = site.params;
+    let mut scan = Map::new();
+    for (n, samples) in [1usize, 10, 100].into_iter().zip(plan.scan_samples) {
+        let p50 = peer_scan(params, n, samples)?;
+        table.push(format!("peer_scan_latency_us {n:>3}  p50 {p50:>9}"));
+        scan.insert(n.to_string(), json!({"p50": p50}));
+    }
+    out.insert("peer_scan_latency_us".into(), Value::Object(scan));
+    table.push(format!("rss_kib {}", Value::Object(rss)));
+
+    println!("\n{}", table.join("\n"));
+    let out = Value::Object(out);
+    if let Some(path) = json_path {
+        std::fs::write(&path, serde_json::to_string_pretty(&out)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("\nwritten to {}", path.display());
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// `cargo build --release --bin keypad-bridge`, then the binary beside this example's own.
+fn build_daemon() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "keypad-bridge"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("cannot run cargo to build the daemon")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    let exe = std::env::current_exe()?;
+    // target/release/examples/bench -> target/release/keypad-bridge
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected example path")?
+        .join("keypad-bridge");
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
+}
+
+fn time_us(f: impl FnOnce()) -> u64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_micros() as u64
+}
+
+/// Nearest-rank percentile.
+fn percentile(samples: &[u64], p: usize) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A mosquitto of our own, killed by its pid when dropped.
+struct Broker {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> anyhow::Result<Broker> {
+        let dir = tempfile::tempdir()?;
+        let bin = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .context("mosquitto is not installed: sudo apt-get install -y mosquitto")?;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                     persistence false\nlog_dest stderr\nlog_type error\n\
+                     message_size_limit 0\n"
+                ),
+            )?;
+            let mut child = Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Broker {
+                        port,
+                        child,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        bail!("mosquitto did not start on a free port after 5 tries")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Msg {
+    topic: String,
+    payload: Vec<u8>,
+    at: Instant,
+}
+
+impl Msg {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// One MQTT client (nodelay) whose received messages arrive, timestamped, on a channel.
+struct Probe {
+    client: Client,
+    rx: mpsc::Receiver<Msg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    fn connect(port: u16) -> anyhow::Result<Probe> {
+        let mut options =
+            MqttOptions::new(format!("bench-{}", std::process::id()), "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut connection) = Client::new(options, 2000);
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(network);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for event in connection.iter() {
+                let msg = match event {
+                    Ok(MqttEvent::Incoming(Incoming::Publish(p))) => Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        at: Instant::now(),
+                    },
+                    Ok(MqttEvent::Incoming(Incoming::SubAck(_))) => Msg {
+                        topic: "$suback".into(),
+                        payload: Vec::new(),
+                        at: Instant::now(),
+                    },
+                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Probe {
+            client,
+            rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn subscribe(&self, filters: &[String]) -> anyhow::Result<()> {
+        for f in filters {
+            self.client.subscribe(f.as_str(), QoS::AtLeastOnce)?;
+        }
+        let mut acks = 0;
+        while acks < filters.len() {
+            self.wait(|m| m.topic == "$suback", WAIT)
+                .context("no SUBACK from the broker")?;
+            acks += 1;
+        }
+        Ok(())
+    }
+
+    fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())?;
+        Ok(())
+    }
+
+    /// The next message `pred` accepts within `timeout`; others are dropped.
+    fn wait(&self, pred: impl Fn(&Msg) -> bool, timeout: Duration) -> Option<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(msg) if pred(&msg) => return Some(msg),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn broker_rtt(probe: &Probe, n: usize) -> anyhow::Result<(u64, u64)> {
+    let topic = format!("bench-{}/rtt", std::process::id());
+    probe.subscribe(std::slice::from_ref(&topic))?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = format!("ping {i}");
+        let start = Instant::now();
+        probe.publish(&topic, body.clone())?;
+        let msg = probe
+            .wait(|m| m.topic == topic && m.payload == body.as_bytes(), WAIT)
+            .context("a ping did not come back")?;
+        samples.push(msg.at.duration_since(start).as_micros() as u64);
+    }
+    Ok((percentile(&samples, 50), percentile(&samples, 99)))
+}
+
+/// A store of `size` users in its own dir, and the codes the benchmark types (never printed).
+struct Site {
+    dir: PathBuf,
+    port: u16,
+    base: String,
+    params: keypad_bridge::codes::Argon2Params,
+    /// Real codes: the master's first, then a few users'.
+    codes: Vec<String>,
+    used: std::collections::HashSet<String>,
+}
+
+fn random_code(rng: &mut impl Rng) -> String {
+    format!("{:06}", rng.random_range(0..1_000_000u32))
+}
+
+impl Site {
+    fn build(root: &Path, run: usize, size: usize, port: u16) -> anyhow::Result<Site> {
+        let dir = root.join(format!("site{run}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut site = Site {
+            dir,
+            port,
+            base: String::new(),
+            params: keypad_bridge::codes::Argon2Params {
+                memory_kib: 19456,
+                iterations: 2,
+                parallelism: 1,
+            },
+            codes: Vec::new(),
+            used: Default::default(),
+        };
+        site.write_config("kbbuild", 1_000_000, 10, 1)?;
+        let config = keypad_bridge::config::load(&site.dir.join("config.yaml"))?;
+        let store = Store::open(&config, Create::Allowed)?;
+        let mut rng = rand::rng();
+        let now = jiff::Timestamp::now();
+        let real = size.min(10);
+        let mut change = Change::default();
+        let started = Instant::now();
+        for i in 0..size {
+            let role = if i == 0 { Role::Master } else { Role::User };
+            let mut user = User::new(store.new_user_id()?, format!("user{i:05}"), role, now);
+            let key = if i < real {
+                let code = loop {
+                    let c = random_code(&mut rng);
+                    if site.used.insert(c.clone()) {
+                        break c;
+                    }
+                };
+                let parsed = Code::parse(&code, 4, 6).map_err(|e| anyhow::anyhow!("{e}"))?;
+                site.codes.push(code);
+                store.keyer().key(&parsed)
+            } else {
+                LookupKey(rng.random())
+            };
+            user.code_key = Some(key.to_hex());
+            change.put_codes.push((key, user.id.clone()));
+            change.put_users.push(user);
+            if change.put_users.len() == 1000 {
+                store.commit(std::mem::take(&mut change))?;
+            }
+        }
+        if !change.put_users.is_empty() {
+            store.commit(change)?;
+        }
+        println!(
+            "store of {size} users built offline in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(site)
+    }
+
+    fn open(&self) -> anyhow::Result<Store> {
+        let config = keypad_bridge::config::load(&self.dir.join("config.yaml"))?;
+        Ok(Store::open(&config, Create::Refused)?)
+    }
+
+    /// The daemon's config: `keypads` json keypads kp0.., the given lockout, no delays.
+    fn write_config(
+        &mut self,
+        base: &str,
+        max_failures: u32,
+        window_s: u64,
+        keypads: usize,
+    ) -> anyhow::Result<()> {
+        self.base = base.to_owned();
+        let keypads: Vec<Value> = (0..keypads)
+            .map(|k| json!({"name": format!("kp{k}"), "protocol": "json", "topic": format!("{base}-kp/kp{k}")}))
+            .collect();
+        let config = json!({
+            "mqtt": {"host": "127.0.0.1", "port": self.port, "client_id": format!("{base}-daemon"),
+                     "base_topic": base},
+            "store": {"path": self.dir.join("db"), "secret_file": self.dir.join("secret")},
+            "codes": {"argon2": {"memory_kib": self.params.memory_kib,
+                                 "iterations": self.params.iterations,
+                                 "parallelism": self.params.parallelism}},
+            "lockout": {"max_failures": max_failures, "window_s": window_s},
+            "alarm": {"exit_delay_s": {"armed_away": 0, "armed_home": 0, "armed_night": 0,
+                                       "armed_vacation": 0}, "entry_delay_s": 0},
+            "homeassistant": {"discovery": false},
+            "timezone": "UTC",
+            "keypads": keypads,
+            "log": {"level": "info"},
+        });
+        // JSON is YAML.
+        std::fs::write(self.dir.join("config.yaml"), config.to_string())?;
+        Ok(())
+    }
+
+    fn topic(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.base)
+    }
+
+    fn keypad_topic(&self, k: usize) -> String {
+        format!("{}-kp/kp{k}", self.base)
+    }
+
+    fn wrong_code(&self, rng: &mut impl Rng) -> String {
+        loop {
+            let c = random_code(rng);
+            if !self.used.contains(&c) {
+                return c;
+            }
+        }
+    }
+
+    /// What the daemon's commits cost on this store, measured through the library before it
+    /// starts: a wrong code's (its event and the lockout counts), a right code's (the user's
+    /// use count, its events, the alarm-state file replaced atomically), and the roster read
+    /// and serialised after a user changed.
+    fn commit_costs(&self, n: usize) -> anyhow::Result<Commit> {
+        let store = self.open()?;
+        let master = store.master()?.context("no master")?;
+        let now = jiff::Timestamp::now();
+        let scratch = self.dir.join("bench-state.json");
+        let mut wrong = Vec::new();
+        let mut right = Vec::new();
+        let mut roster = Vec::new();
+        let lockouts = vec![b'x'; 200];
+        for _ in 0..n {
+            wrong.push(time_us(|| {
+                let change = Change {
+                    events: vec![Event::new(EventType::InvalidCode, now).source("keypad:kp0")],
+                    meta: vec![("bench", lockouts.clone())],
+                    ..Change::default()
+                };
+                store.commit(change).expect("commit");
+            }));
+            right.push(time_us(|| {
+                let change = Change {
+                    put_users: vec![master.clone()],
+                    events: vec![Event::new(EventType::Disarmed, now)
+                        .source("keypad:kp0")
+                        .about(&master)],
+                    meta: vec![("bench", lockouts.clone())],
+                    ..Change::default()
+                };
+                store.commit(change).expect("commit");
+                keypad_bridge::store::write_atomically(&scratch, br#"{"state":"disarmed"}"#)
+                    .expect("state file");
+            }));
+            roster.push(time_us(|| {
+                let users = store.users().expect("users");
+                let entries: Vec<_> = users.iter().map(User::roster_entry).collect();
+                let payload = json!({ "users": entries }).to_string();
+                std::hint::black_box(payload);
+            }));
+        }
+        let _ = std::fs::remove_file(scratch);
+        Ok(Commit {
+            wrong: percentile(&wrong, 50),
+            right: percentile(&right, 50),
+            roster: percentile(&roster, 50),
+        })
+    }
+}
+
+struct Commit {
+    wrong: u64,
+    right: u64,
+    roster: u64,
+}
+
+/// Where an entry's time goes (p50s): the Argon2 and commit parts measured in this process,
+/// the rest (MQTT both ways, parsing, the daemon's loop) is what is left of the measured total.
+fn entry_breakdown(argon2: u64, commit: &Commit, right: u64, wrong: u64) -> Value {
+    let rest = |total: u64, parts: u64| total as i64 - parts as i64;
+    json!({
+        "wrong": {"total": wrong, "argon2": argon2, "commit_fsync": commit.wrong,
+                  "rest": rest(wrong, argon2 + commit.wrong)},
+        "right": {"total": right, "argon2": argon2, "commit_fsync": commit.right,
+                  "roster": commit.roster,
+                  "rest": rest(right, argon2 + commit.right + commit.roster)},
+    })
+}
+
+/// The release daemon on a site; SIGTERM then SIGKILL by pid.
+struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(bin: &Path, site: &Site, probe: &Probe) -> anyhow::Result<Daemon> {
+        probe.subscribe(&[
+            site.topic("status"),
+            site.topic("keypad/+/result"),
+            site.topic("config/result"),
+            site.topic("event"),
+        ])?;
+        let log = std::fs::File::create(site.dir.join(format!("{}.log", site.base)))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(site.dir.join("config.yaml"))
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let daemon = Daemon { child: Some(child) };
+        let status = site.topic("status");
+        probe
+            .wait(|m| m.topic == status && m.payload == b"online", WAIT)
+            .context("the daemon did not come online (see its log in the site dir)")?;
+        probe.drain();
+        Ok(daemon)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the daemon did not stop on SIGTERM within {WAIT:?}")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS:, VmHWM:); 0 if gone.
+fn vm(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// Samples a process's VmRSS every 20 ms.
+struct Sampler {
+    max: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let max = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                m.fetch_max(vm(pid, "VmRSS:"), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Sampler {
+            max,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `n` entries on keypad kp0, right and wrong in turn; (all, right, wrong) latencies in µs.
+type Latencies = (Vec<u64>, Vec<u64>, Vec<u64>);
+
+fn entries(probe: &Probe, site: &Site, n: usize) -> anyhow::Result<Latencies> {
+    let mut rng = rand::rng();
+    let reply = site.topic("keypad/kp0/result");
+    let (mut all, mut right, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let good = i % 2 == 0;
+        let code = if good {
+            site.codes[(i / 2) % site.codes.len()].clone()
+        } else {
+            site.wrong_code(&mut rng)
+        };
+        let payload = json!({"code": code}).to_string();
+        let start = Instant::now();
+        probe.publish(&site.keypad_topic(0), payload)?;
+        let msg = probe
+            .wait(|m| m.topic == reply, WAIT)
+            .context("no reply from the keypad")?;
+        let us = msg.at.duration_since(start).as_micros() as u64;
+        let result = msg.json()["result"].as_str().unwrap_or("").to_owned();
+        let expected = if good { "accepted" } else { "invalid_code" };
+        if result != expected {
+            bail!("entry {i}: expected {expected}, got {result:?}");
+        }
+        all.push(us);
+        if good { &mut right } else { &mut wrong }.push(us);
+    }
+    Ok((all, right, wrong))
+}
+
+/// `n` add_user commands with a code, one at a time; latencies in µs.
+fn admin_latency(probe: &Probe, site: &Site, n: usize) -> anyhow::Result<Vec<u64>> {
+    let mut rng = rand::rng();
+    let result_topic = site.topic("config/result");
+    let mut samples = Vec::new();
+    let mut codes = std::collections::HashSet::new();
+    for i in 0..n {
+        let code = loop {
+            let c = site.wrong_code(&mut rng);
+            if codes.insert(c.clone()) {
+                break c;
+            }
+        };
+        let id = format!("{}-add-{i}", site.base);
+        let command = json!({"id": id, "auth": site.codes[0], "command": "add_user",
+                             "name": format!("{}-added-{i}", site.base), "code": code});
+        let start = Instant::now();
+        probe.publish(&site.topic("config/set"), command.to_string())?;
+        let msg = probe
+            .wait(
+                |m| m.topic == result_topic && m.json()["id"] == id.as_str(),
+                WAIT,
+            )
+            .context("no result for add_user")?;
+        samples.push(msg.at.duration_since(start).as_micros() as u64);
+        if msg.json()["ok"] != true {
+            bail!("add_user failed: {}", msg.json()["error"]);
+        }
+    }
+    Ok(samples)
+}
+
+/// 10 keypads × 100 entries as fast as possible, right and wrong mixed, an add_user every
+/// 100 entries; the default lockout.
+fn burst(probe: &Probe, site: &Site, pid: u32, sampler: &Sampler) -> anyhow::Result<Value> {
+    let mut rng = rand::rng();
+    let cpu_before = cpu_s(pid);
+    let mut sent = 0;
+    let mut admin_sent = 0;
+    let mut taken = site.used.clone();
+    for i in 0..100 {
+        for k in 0..10 {
+            let code = if (i + k) % 3 == 0 {
+                site.codes[(i + k) % site.codes.len()].clone()
+            } else {
+                site.wrong_code(&mut rng)
+            };
+            probe.publish(&site.keypad_topic(k), json!({"code": code}).to_string())?;
+            sent += 1;
+        }
+        if i % 10 == 0 {
+            let code = loop {
+                let c = random_code(&mut rng);
+                if taken.insert(c.clone()) {
+                    break c;
+                }
+            };
+            let command = json!({"id": format!("burst-{i}"), "auth": site.codes[0],
+                                 "command": "add_user", "name": format!("burst-{i}"),
+                                 "code": code});
+            probe.publish(&site.topic("config/set"), command.to_string())?;
+            admin_sent += 1;
+        }
+    }
+    let mut per_keypad = [0usize; 10];
+    let (mut answered, mut hashed, mut lockouts, mut admin_results) = (0, 0, 0, 0);
+    let event = site.topic("event");
+    let result = site.topic("config/result");
+    let quiet = Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let Some(msg) = probe.wait(|_| true, quiet) else {
+            break;
+        };
+        if msg.topic == event {
+            if msg.json()["event_type"] == "lockout" {
+                lockouts += 1;
+            }
+        } else if msg.topic == result {
+            admin_results += 1;
+        } else if let Some(k) =
+            (0..10).find(|&k| msg.topic == site.topic(&format!("keypad/kp{k}/result")))
+        {
+            per_keypad[k] += 1;
+            answered += 1;
+            if msg.json()["result"] != "locked_out" {
+                hashed += 1;
+            }
+        }
+    }
+    let cpu = cpu_s(pid) - cpu_before;
+    let max_rss = sampler.max().max(vm(pid, "VmHWM:"));
+    let exact = per_keypad.iter().all(|&n| n == 100);
+    // Every answer but `locked_out` cost one lookup key; each add_user two (auth and code).
+    let computations = hashed + 2 * admin_results;
+    println!(
+        "burst: replies per keypad {per_keypad:?} (exactly 100 each: {exact}), \
+         add_user {admin_results}/{admin_sent} answered"
+    );
+    Ok(json!({
+        "sent": sent,
+        "answered": answered,
+        "lockouts": lockouts,
+        "argon2_computations": computations,
+        "cpu_s": (cpu * 100.0).round() / 100.0,
+        "max_rss_kib": max_rss,
+    }))
+}
+
+/// The peers' design: a wrong code verified against `n` per-user Argon2id PHC hashes in turn
+/// (a fresh working memory each time, as `verify_password` does); p50 in µs.
+fn peer_scan(
+    params: keypad_bridge::codes::Argon2Params,
+    n: usize,
+    samples: usize,
+) -> anyhow::Result<u64> {
+    let p = argon2::Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
+    let mut rng = rand::rng();
+    let hashes: Vec<String> = (0..n)
+        .map(|_| {
+            let salt: [u8; 16] = rng.random();
+            hasher
+                .hash_password_with_salt(random_code(&mut rng).as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut out = Vec::new();
+    for _ in 0..samples {
+        let wrong = b"99999999"; // 8 digits: no stored code has 8
+        out.push(time_us(|| {
+            let matched = hashes
+                .iter()
+                .filter(|h| hasher.verify_password(wrong, h.as_str()).is_ok())
+                .count();
+            assert_eq!(matched, 0);
+        }));
+        let _ = std::io::stdout().flush();
+    }
+    Ok(percentile(&out, 50))
+}
