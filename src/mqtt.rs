@@ -38,17 +38,22 @@ use crate::config::Config;
 /// bound only keeps a rogue publisher from exhausting memory.
 const MAX_INCOMING_PACKET: u32 = 1024 * 1024;
 
-/// How many messages may wait for the daemon in each queue. Beyond that (a flood, or a slow
-/// Raspberry Pi hashing codes) messages are dropped with a warning rather than blocking the
-/// connection task, which must keep polling so that the daemon's own publishes go out.
-const QUEUE: usize = 256;
+/// How many messages may wait for the daemon in each lane, and how many bytes of each are
+/// kept. Beyond that (a flood, or a slow Raspberry Pi hashing codes) messages are dropped with
+/// a warning rather than blocking the connection task, which must keep polling so that the
+/// daemon's own publishes go out. A burst of 1000 keypad entries fits; what a flood can make
+/// the lanes hold stays near 9 MiB (1024 × 4 KiB, 64 × 64 KiB, and the small ones).
+const ALARM_LANE: (usize, usize) = (256, 4 * 1024);
+const KEYPAD_LANE: (usize, usize) = (1024, 4 * 1024);
+const STATUS_LANE: (usize, usize) = (64, 4 * 1024);
+const ADMIN_LANE: (usize, usize) = (64, KEPT_PAYLOAD);
 
 /// At most one drop warning per queue in this time.
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// Bytes kept of an incoming payload. Nothing the daemon reads is larger than a 64 KiB
-/// command; one byte more is enough for the command parser to answer `payload_too_large`,
-/// and it bounds the queues' memory (2 × 256 × 64 KiB) on a small Raspberry Pi.
+/// Bytes kept of a command. Nothing the daemon reads is larger than a 64 KiB command; one byte
+/// more is enough for the command parser to answer `payload_too_large`. (A keypad or status
+/// message cut at 4 KiB is unreadable, and refused as such.)
 const KEPT_PAYLOAD: usize = crate::admin::MAX_PAYLOAD + 1;
 
 /// What the connection task reports.
@@ -60,7 +65,7 @@ pub enum MqttEvent {
     Subscribed { refused: Vec<usize> },
     Message {
         topic: String,
-        /// At most [`KEPT_PAYLOAD`] bytes.
+        /// At most [`KEPT_PAYLOAD`] bytes (4 KiB outside `B/config/set`).
         payload: Vec<u8>,
         /// Set only on a retained message sent because of the subscription; a message
         /// published while subscribed arrives with it off, retained or not (MQTT 5
@@ -203,20 +208,23 @@ pub fn connect(
     };
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (control_tx, control) = mpsc::unbounded_channel();
-    let (alarm_tx, alarm) = mpsc::channel(QUEUE);
-    let (keypads_tx, keypads) = mpsc::channel(QUEUE);
-    let (status_tx, status) = mpsc::channel(QUEUE);
-    let (admin_tx, admin) = mpsc::channel(QUEUE);
+    let (alarm_tx, alarm) = mpsc::channel(ALARM_LANE.0);
+    let (keypads_tx, keypads) = mpsc::channel(KEYPAD_LANE.0);
+    let (status_tx, status) = mpsc::channel(STATUS_LANE.0);
+    let (admin_tx, admin) = mpsc::channel(ADMIN_LANE.0);
     let closing = Arc::new(AtomicBool::new(false));
     let queues = Queues {
         lanes,
-        alarm: (alarm_tx, Drops::new("Home Assistant's alarm commands")),
-        keypads: (keypads_tx, Drops::new("keypad entries")),
+        alarm: (
+            alarm_tx,
+            Drops::new("Home Assistant's alarm commands", ALARM_LANE),
+        ),
+        keypads: (keypads_tx, Drops::new("keypad entries", KEYPAD_LANE)),
         status: (
             status_tx,
-            Drops::new("Home Assistant's and Zigbee2MQTT's status"),
+            Drops::new("Home Assistant's and Zigbee2MQTT's status", STATUS_LANE),
         ),
-        admin: (admin_tx, Drops::new("code-management commands")),
+        admin: (admin_tx, Drops::new("code-management commands", ADMIN_LANE)),
     };
     let task = tokio::spawn(drive(
         eventloop,
@@ -261,7 +269,7 @@ struct Queues {
 }
 
 impl Queues {
-    fn push(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+    fn push(&mut self, topic: String, payload: &[u8], retain: bool) {
         let (queue, drops) = if topic == self.lanes.config {
             &mut self.admin
         } else if topic == self.lanes.alarm {
@@ -271,9 +279,10 @@ impl Queues {
         } else {
             &mut self.keypads
         };
+        let kept = payload.len().min(drops.kept);
         let event = MqttEvent::Message {
             topic,
-            payload,
+            payload: payload[..kept].to_vec(),
             retain,
             at: jiff::Timestamp::now(),
         };
@@ -285,9 +294,10 @@ impl Queues {
         };
         if let Some(n) = due {
             tracing::warn!(
-                "the daemon is behind on {}: {n} dropped, its queue of {QUEUE} being full \
+                "the daemon is behind on {}: {n} dropped, its queue of {} being full \
                  (a flood?); at most one such warning every {} s",
                 drops.queue,
+                drops.capacity,
                 DROP_WARNING_EVERY.as_secs()
             );
         }
@@ -299,14 +309,19 @@ impl Queues {
 #[derive(Debug)]
 struct Drops {
     queue: &'static str,
+    capacity: usize,
+    /// Bytes kept of each message in this lane.
+    kept: usize,
     unreported: u64,
     last_warning: Option<Instant>,
 }
 
 impl Drops {
-    fn new(queue: &'static str) -> Drops {
+    fn new(queue: &'static str, (capacity, kept): (usize, usize)) -> Drops {
         Drops {
             queue,
+            capacity,
+            kept,
             unreported: 0,
             last_warning: None,
         }
@@ -405,9 +420,8 @@ async fn drive(
                 let _ = control.send(MqttEvent::Subscribed { refused });
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
-                let kept = p.payload.len().min(KEPT_PAYLOAD);
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                queues.push(topic, p.payload[..kept].to_vec(), p.retain);
+                queues.push(topic, &p.payload, p.retain);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) if closing.load(Ordering::Relaxed) => return,
             Ok(_) => {}
@@ -495,7 +509,7 @@ mod tests {
 
     #[test]
     fn drops_are_reported_at_once_then_at_most_every_ten_seconds_with_their_count() {
-        let mut d = Drops::new("test");
+        let mut d = Drops::new("test", (8, 8));
         let now = Instant::now();
         assert_eq!(d.due(now), None, "nothing dropped, nothing to say");
         assert_eq!(d.dropped(now), Some(1));
