@@ -280,10 +280,18 @@ fn a_duress_code_disarms_exactly_like_a_normal_code_and_raises_a_silent_event() 
             "accepted"
         );
         w.wait_state("armed_away");
+        w.wait_event("armed_away");
         w.probe.drain();
         let reply = w.json_keypad(json!({"code": code, "action": "disarm"}));
-        let state = w.probe.next(&w.topic("alarm/state"));
-        let mut attrs = w.probe.next(&w.topic("alarm/attributes")).json();
+        let state = w
+            .probe
+            .wait_for(&w.topic("alarm/state"), |m| m.text() == "disarmed");
+        let mut attrs = w
+            .probe
+            .wait_for(&w.topic("alarm/attributes"), |m| {
+                m.json()["action"] == "disarm"
+            })
+            .json();
         let last = w.probe.next(&w.topic("alarm/last_user"));
         let disarmed = w.wait_event("disarmed");
         for key in ["at", "user", "user_id"] {
