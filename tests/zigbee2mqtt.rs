@@ -218,10 +218,7 @@ fn a_repeated_transaction_gets_the_same_reply_and_is_applied_once() {
     w.probe.drain();
     w.hall("kepzb-110__disarm");
     assert_eq!(w.hall_reply(), first);
-    // Still the same exchange five seconds later (the memory lasts ten).
-    std::thread::sleep(Duration::from_secs(5));
-    w.hall("kepzb-110__disarm");
-    assert_eq!(w.hall_reply(), first);
+    // (How long the memory lasts, ten seconds, is the panel's unit tests' business.)
     w.probe
         .assert_silent(&w.topic("event"), Duration::from_millis(300));
     let r = w.command(json!({"id": "uses", "auth": "1234", "command": "list_users"}));
@@ -229,22 +226,6 @@ fn a_repeated_transaction_gets_the_same_reply_and_is_applied_once() {
         r["users"][0]["uses"], 2,
         "one arm and one disarm, not two disarms"
     );
-}
-
-#[test]
-fn after_ten_seconds_the_same_transaction_number_is_a_new_exchange() {
-    let w = World::start(|_| {});
-    w.hall("kepzb-110__disarm");
-    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "already_disarmed");
-    assert_eq!(
-        w.json_keypad(json!({"code": "1234", "action": "arm_away"}))["result"],
-        "accepted"
-    );
-    std::thread::sleep(Duration::from_millis(10_500));
-    // Transaction numbers wrap at 256: after the memory expires, 18 is someone new typing.
-    w.hall("kepzb-110__disarm");
-    assert_eq!(w.hall_reply()["arm_mode"]["mode"], "disarm");
-    w.wait_state("disarmed");
 }
 
 #[test]
