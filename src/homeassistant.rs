@@ -7,7 +7,6 @@
 
 use serde_json::{json, Value};
 
-use crate::alarm::ArmMode;
 use crate::config::Config;
 use crate::events::EventType;
 use crate::topics::Topics;
@@ -53,12 +52,7 @@ pub fn discovery(config: &Config, topics: &Topics) -> Vec<Discovery> {
         .alarm
         .modes
         .iter()
-        .map(|mode| match mode {
-            ArmMode::ArmedHome => "arm_home",
-            ArmMode::ArmedAway => "arm_away",
-            ArmMode::ArmedNight => "arm_night",
-            ArmMode::ArmedVacation => "arm_vacation",
-        })
+        .map(|mode| mode.words().ha_feature)
         .collect();
     features.push("trigger");
     let panel = json!({
