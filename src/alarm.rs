@@ -39,7 +39,51 @@ impl ArmMode {
 
     /// The name used on MQTT and in the config (`armed_away`, ...).
     pub fn as_str(self) -> &'static str {
-        self.state().as_str()
+        self.words().state
+    }
+
+    /// How each protocol names this mode: the one table every parser and writer reads.
+    pub fn words(self) -> &'static ModeWords {
+        match self {
+            ArmMode::ArmedHome => &ModeWords {
+                state: "armed_home",
+                action: "arm_home",
+                ha_command: "ARM_HOME",
+                ha_feature: "arm_home",
+                zigbee: "arm_day_zones",
+                zigbee_action: Some("arm_day_zones"),
+            },
+            ArmMode::ArmedAway => &ModeWords {
+                state: "armed_away",
+                action: "arm_away",
+                ha_command: "ARM_AWAY",
+                ha_feature: "arm_away",
+                zigbee: "arm_all_zones",
+                zigbee_action: Some("arm_all_zones"),
+            },
+            ArmMode::ArmedNight => &ModeWords {
+                state: "armed_night",
+                action: "arm_night",
+                ha_command: "ARM_NIGHT",
+                ha_feature: "arm_night",
+                zigbee: "arm_night_zones",
+                zigbee_action: Some("arm_night_zones"),
+            },
+            ArmMode::ArmedVacation => &ModeWords {
+                state: "armed_vacation",
+                action: "arm_vacation",
+                ha_command: "ARM_VACATION",
+                ha_feature: "arm_vacation",
+                // IAS ACE has no vacation mode: the keypad shows it as all zones armed.
+                zigbee: "arm_all_zones",
+                zigbee_action: None,
+            },
+        }
+    }
+
+    /// The mode whose row matches, e.g. `ArmMode::find(|w| w.action == "arm_home")`.
+    pub fn find(matches: impl Fn(&ModeWords) -> bool) -> Option<ArmMode> {
+        ArmMode::ALL.into_iter().find(|mode| matches(mode.words()))
     }
 
     fn index(self) -> usize {
@@ -50,6 +94,23 @@ impl ArmMode {
             ArmMode::ArmedVacation => 3,
         }
     }
+}
+
+/// One row of the arm-mode table (DESIGN.md 3, 4, 5): the word for one mode in each protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ModeWords {
+    /// The config, `B/alarm/state`, the events: `armed_home`.
+    pub state: &'static str,
+    /// A `json` keypad's `action` and the `action` of `B/alarm/attributes`: `arm_home`.
+    pub action: &'static str,
+    /// Home Assistant's command on `B/alarm/set`: `ARM_HOME`.
+    pub ha_command: &'static str,
+    /// Home Assistant's discovery `supported_features`: `arm_home`.
+    pub ha_feature: &'static str,
+    /// A Zigbee2MQTT keypad's `arm_mode`, in replies and panel status: `arm_day_zones`.
+    pub zigbee: &'static str,
+    /// The Zigbee2MQTT `action` that asks for this mode; `None` when no keypad button does.
+    pub zigbee_action: Option<&'static str>,
 }
 
 impl fmt::Display for ArmMode {
@@ -80,10 +141,10 @@ impl AlarmState {
         match self {
             AlarmState::Disarmed => "disarmed",
             AlarmState::Arming => "arming",
-            AlarmState::ArmedHome => "armed_home",
-            AlarmState::ArmedAway => "armed_away",
-            AlarmState::ArmedNight => "armed_night",
-            AlarmState::ArmedVacation => "armed_vacation",
+            AlarmState::ArmedHome => ArmMode::ArmedHome.as_str(),
+            AlarmState::ArmedAway => ArmMode::ArmedAway.as_str(),
+            AlarmState::ArmedNight => ArmMode::ArmedNight.as_str(),
+            AlarmState::ArmedVacation => ArmMode::ArmedVacation.as_str(),
             AlarmState::Pending => "pending",
             AlarmState::Triggered => "triggered",
         }
@@ -500,6 +561,83 @@ mod tests {
         assert_eq!(alarm.mode, None);
         assert_eq!(alarm.next_deadline(), None);
         assert_eq!(alarm.changed_at, t0());
+    }
+
+    #[test]
+    fn every_mode_round_trips_through_every_protocol_word() {
+        type Column = fn(&ModeWords) -> &'static str;
+        let columns: [(&str, Column); 5] = [
+            ("state", |w| w.state),
+            ("action", |w| w.action),
+            ("ha_command", |w| w.ha_command),
+            ("ha_feature", |w| w.ha_feature),
+            ("zigbee_action", |w| w.zigbee_action.unwrap_or("")),
+        ];
+        for mode in ArmMode::ALL {
+            for (name, column) in columns {
+                let word = column(mode.words());
+                if name == "zigbee_action" && mode == ArmMode::ArmedVacation {
+                    assert_eq!(word, "", "no Zigbee button arms vacation");
+                    continue;
+                }
+                assert_eq!(
+                    ArmMode::find(|w| column(w) == word),
+                    Some(mode),
+                    "{name}: {word}"
+                );
+            }
+            // A keypad's action word is the word its replies echo.
+            if let Some(action) = mode.words().zigbee_action {
+                assert_eq!(action, mode.words().zigbee);
+            }
+        }
+        // Vacation is shown as all zones armed, and that word reads back as away.
+        assert_eq!(ArmMode::ArmedVacation.words().zigbee, "arm_all_zones");
+        assert_eq!(
+            ArmMode::find(|w| w.zigbee_action == Some("arm_all_zones")),
+            Some(ArmMode::ArmedAway)
+        );
+        // The words each protocol expects (DESIGN.md 3, 4, 5).
+        let rows: Vec<_> = ArmMode::ALL
+            .iter()
+            .map(|m| {
+                let w = m.words();
+                (w.state, w.action, w.ha_command, w.ha_feature, w.zigbee)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "armed_home",
+                    "arm_home",
+                    "ARM_HOME",
+                    "arm_home",
+                    "arm_day_zones"
+                ),
+                (
+                    "armed_away",
+                    "arm_away",
+                    "ARM_AWAY",
+                    "arm_away",
+                    "arm_all_zones"
+                ),
+                (
+                    "armed_night",
+                    "arm_night",
+                    "ARM_NIGHT",
+                    "arm_night",
+                    "arm_night_zones"
+                ),
+                (
+                    "armed_vacation",
+                    "arm_vacation",
+                    "ARM_VACATION",
+                    "arm_vacation",
+                    "arm_all_zones"
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -406,6 +406,10 @@ fn discovery_describes_a_panel_a_last_user_sensor_and_an_event_entity() {
         assert_eq!(p["availability"][0]["topic"], w.topic("status"));
         assert_eq!(p["origin"]["name"], "keypad-bridge");
         assert!(p["device"]["identifiers"][0].as_str().is_some_and(id_ok));
+        // Home Assistant 2025 logs "MQTT device information always needs to include a name"
+        // for a device block with only identifiers (FACTS.md).
+        assert_eq!(p["device"]["name"], "Keypad bridge", "{}", m.topic);
+        assert_eq!(p["device"], found[0].json()["device"], "{}", m.topic);
     }
     let panel = found
         .iter()

@@ -50,14 +50,11 @@ pub fn parse(payload: &[u8]) -> Result<(Request, Option<TypedCode>), String> {
         _ => (text.trim(), None),
     };
     let is = |word: &str| action.eq_ignore_ascii_case(word);
-    let request = match () {
-        () if is("ARM_AWAY") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedAway)),
-        () if is("ARM_HOME") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedHome)),
-        () if is("ARM_NIGHT") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedNight)),
-        () if is("ARM_VACATION") => Request::Keypad(KeypadAction::Arm(ArmMode::ArmedVacation)),
-        () if is("DISARM") => Request::Keypad(KeypadAction::Disarm),
-        () if is("TRIGGER") => Request::Trigger,
-        () => {
+    let request = match ArmMode::find(|w| is(w.ha_command)) {
+        Some(mode) => Request::Keypad(KeypadAction::Arm(mode)),
+        None if is("DISARM") => Request::Keypad(KeypadAction::Disarm),
+        None if is("TRIGGER") => Request::Trigger,
+        None => {
             return Err(format!(
                 "unknown action ({} characters); expected ARM_AWAY, ARM_HOME, ARM_NIGHT, \
                  ARM_VACATION, DISARM or TRIGGER",
@@ -109,6 +106,13 @@ mod tests {
         assert_eq!(r, Request::Keypad(KeypadAction::Arm(ArmMode::ArmedAway)));
         assert_eq!(code, None);
         assert_eq!(parse(b"TRIGGER").unwrap().0, Request::Trigger);
+        let (r, _) = parse(br#"{"action":"arm_night","code":"1234"}"#).unwrap();
+        assert_eq!(r, Request::Keypad(KeypadAction::Arm(ArmMode::ArmedNight)));
+        let (r, _) = parse(b"ARM_VACATION").unwrap();
+        assert_eq!(
+            r,
+            Request::Keypad(KeypadAction::Arm(ArmMode::ArmedVacation))
+        );
         assert!(parse(b"OPEN_SESAME").is_err());
         assert!(parse(&[0xff]).is_err());
     }

@@ -53,13 +53,9 @@ pub fn parse(payload: &[u8]) -> Parsed {
 fn action_from_str(s: &str) -> Option<KeypadAction> {
     Some(match s {
         "disarm" => KeypadAction::Disarm,
-        "arm_away" => KeypadAction::Arm(ArmMode::ArmedAway),
-        "arm_home" => KeypadAction::Arm(ArmMode::ArmedHome),
-        "arm_night" => KeypadAction::Arm(ArmMode::ArmedNight),
-        "arm_vacation" => KeypadAction::Arm(ArmMode::ArmedVacation),
         "toggle" => KeypadAction::Toggle,
         "panic" => KeypadAction::Panic,
-        _ => return None,
+        _ => KeypadAction::Arm(ArmMode::find(|w| w.action == s)?),
     })
 }
 
@@ -99,6 +95,24 @@ mod tests {
         let i = input(r#"{"code": 1234}"#);
         assert_eq!(i.action, KeypadAction::Toggle);
         assert_eq!(i.code, Some(TypedCode::NotText));
+    }
+
+    #[test]
+    fn every_documented_action_is_read() {
+        let cases = [
+            ("disarm", KeypadAction::Disarm),
+            ("arm_away", KeypadAction::Arm(ArmMode::ArmedAway)),
+            ("arm_home", KeypadAction::Arm(ArmMode::ArmedHome)),
+            ("arm_night", KeypadAction::Arm(ArmMode::ArmedNight)),
+            ("arm_vacation", KeypadAction::Arm(ArmMode::ArmedVacation)),
+            ("toggle", KeypadAction::Toggle),
+            ("panic", KeypadAction::Panic),
+        ];
+        for (word, action) in cases {
+            let i = input(&format!(r#"{{"code": "1234", "action": "{word}"}}"#));
+            assert_eq!(i.action, action, "{word}");
+            assert_eq!(action.as_str(), word);
+        }
     }
 
     #[test]

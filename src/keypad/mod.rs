@@ -29,10 +29,7 @@ impl KeypadAction {
     pub fn as_str(self) -> &'static str {
         match self {
             KeypadAction::Disarm => "disarm",
-            KeypadAction::Arm(ArmMode::ArmedAway) => "arm_away",
-            KeypadAction::Arm(ArmMode::ArmedHome) => "arm_home",
-            KeypadAction::Arm(ArmMode::ArmedNight) => "arm_night",
-            KeypadAction::Arm(ArmMode::ArmedVacation) => "arm_vacation",
+            KeypadAction::Arm(mode) => mode.words().action,
             KeypadAction::Toggle => "toggle",
             KeypadAction::Panic => "panic",
         }

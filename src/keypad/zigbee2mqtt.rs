@@ -26,17 +26,17 @@ pub fn parse(payload: &[u8]) -> Parsed {
     };
     let action = match action {
         "disarm" => KeypadAction::Disarm,
-        "arm_all_zones" => KeypadAction::Arm(ArmMode::ArmedAway),
-        "arm_day_zones" => KeypadAction::Arm(ArmMode::ArmedHome),
-        "arm_night_zones" => KeypadAction::Arm(ArmMode::ArmedNight),
         "emergency" | "panic" => KeypadAction::Panic,
-        // Not echoed: a misbehaving device may put anything there.
-        other => {
-            return Parsed::Invalid(format!(
-                "unsupported keypad action ({} characters)",
-                other.chars().count()
-            ))
-        }
+        other => match ArmMode::find(|w| w.zigbee_action == Some(other)) {
+            Some(mode) => KeypadAction::Arm(mode),
+            // Not echoed: a misbehaving device may put anything there.
+            None => {
+                return Parsed::Invalid(format!(
+                    "unsupported keypad action ({} characters)",
+                    other.chars().count()
+                ))
+            }
+        },
     };
     Parsed::Input(KeypadInput {
         action,
@@ -62,7 +62,7 @@ pub fn reply(transaction: u8, action: KeypadAction, answer: Answer) -> Option<St
     let mode = match answer {
         Answer::Accepted => match action {
             KeypadAction::Disarm => "disarm",
-            KeypadAction::Arm(mode) => arm_mode_word(mode),
+            KeypadAction::Arm(mode) => mode.words().zigbee,
             KeypadAction::Toggle | KeypadAction::Panic => return None,
         },
         Answer::InvalidCode | Answer::LockedOut => "invalid_code",
@@ -72,22 +72,15 @@ pub fn reply(transaction: u8, action: KeypadAction, answer: Answer) -> Option<St
     Some(json!({"arm_mode": {"transaction": transaction, "mode": mode}}).to_string())
 }
 
-fn arm_mode_word(mode: ArmMode) -> &'static str {
-    match mode {
-        ArmMode::ArmedHome => "arm_day_zones",
-        ArmMode::ArmedNight => "arm_night_zones",
-        ArmMode::ArmedAway | ArmMode::ArmedVacation => "arm_all_zones",
-    }
-}
-
 /// The panel status (no transaction), sent to every keypad at start-up, on each state change
 /// and when Zigbee2MQTT comes back online.
 pub fn panel_status(state: AlarmState, seconds_left: Option<u64>) -> String {
     let mode = match state {
         AlarmState::Disarmed => "disarm",
-        AlarmState::ArmedHome => "arm_day_zones",
-        AlarmState::ArmedNight => "arm_night_zones",
-        AlarmState::ArmedAway | AlarmState::ArmedVacation => "arm_all_zones",
+        AlarmState::ArmedHome => ArmMode::ArmedHome.words().zigbee,
+        AlarmState::ArmedAway => ArmMode::ArmedAway.words().zigbee,
+        AlarmState::ArmedNight => ArmMode::ArmedNight.words().zigbee,
+        AlarmState::ArmedVacation => ArmMode::ArmedVacation.words().zigbee,
         AlarmState::Arming => "exit_delay",
         AlarmState::Pending => "entry_delay",
         AlarmState::Triggered => "in_alarm",
@@ -293,6 +286,10 @@ mod tests {
         assert_eq!(
             reply(9, arm(ArmMode::ArmedNight), Answer::Accepted).unwrap(),
             r#"{"arm_mode":{"mode":"arm_night_zones","transaction":9}}"#
+        );
+        assert_eq!(
+            reply(9, arm(ArmMode::ArmedVacation), Answer::Accepted).unwrap(),
+            r#"{"arm_mode":{"mode":"arm_all_zones","transaction":9}}"#
         );
         assert_eq!(
             reply(9, KeypadAction::Disarm, Answer::Accepted).unwrap(),
