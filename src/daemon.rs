@@ -436,7 +436,7 @@ impl Daemon {
             return;
         }
         for d in homeassistant::discovery(&self.config, &self.topics) {
-            self.push(&d.topic, d.payload.to_string(), true);
+            self.push(&d.topic, d.payload, true);
         }
     }
 
