@@ -269,6 +269,15 @@ pub enum Authority {
 }
 
 impl Authority {
+    /// Whom a ration is counted for: the acting user, or the kind of authority.
+    pub fn actor_key(&self) -> String {
+        match self {
+            Authority::User(user) => user.id.clone(),
+            Authority::Broker => "broker".into(),
+            Authority::Bootstrap => "bootstrap".into(),
+        }
+    }
+
     fn actor(&self) -> Option<&User> {
         match self {
             Authority::User(user) => Some(user),

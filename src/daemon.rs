@@ -135,12 +135,16 @@ pub async fn run_with_store(
     }
 
     tracing::info!("shutting down");
-    // The inbox stays open until the connection task has sent `offline` and DISCONNECT.
-    publisher
-        .publish(&daemon.topics.status, "offline", true)
-        .await;
-    publisher.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), task)
+    // The inbox stays open until the connection task has sent `offline` and DISCONNECT. A
+    // broker that is gone (or a full request queue) must not hold the shutdown up.
+    let goodbye = async {
+        publisher
+            .publish(&daemon.topics.status, "offline", true)
+            .await;
+        publisher.disconnect().await;
+        task.await
+    };
+    if tokio::time::timeout(Duration::from_secs(5), goodbye)
         .await
         .is_err()
     {
@@ -470,7 +474,9 @@ impl Daemon {
         let request = match admin::parse(payload) {
             Ok(request) => request,
             Err((partial, error)) => {
-                tracing::warn!(kind = error.kind(), "refused a command: {error}");
+                if let Some(more) = self.quiet.allow(error.kind(), Instant::now()) {
+                    tracing::warn!(kind = error.kind(), more, "refused a command: {error}");
+                }
                 return admin::failure(&partial, &error);
             }
         };
@@ -479,7 +485,7 @@ impl Daemon {
             // whether it was used) reaches a sender who is not authorised.
             Ok(authority) => match self.stored_result(&request).await {
                 Ok(Some(stored)) => admin::replay(&stored, &self.fingerprint(&request)),
-                Ok(None) => match self.ration_codes(&request).await {
+                Ok(None) => match self.ration_codes(&request, &authority).await {
                     Ok(()) => self.apply_command(&request, authority).await,
                     Err(e) => Err(e),
                 },
@@ -504,12 +510,16 @@ impl Daemon {
                     let change = self.panel.failure(admin::SOURCE, Timestamp::now());
                     self.record(change).await;
                 }
-                tracing::info!(
-                    id = request.id,
-                    command = request.command,
-                    kind = error.kind(),
-                    "command refused: {error}"
-                );
+                // Anyone may send these: at most one line a kind every 10 s.
+                if let Some(more) = self.quiet.allow(error.kind(), Instant::now()) {
+                    tracing::info!(
+                        id = request.id,
+                        command = request.command,
+                        kind = error.kind(),
+                        more,
+                        "command refused: {error}"
+                    );
+                }
                 admin::failure(&request.partial(), &error)
             }
         }
@@ -517,11 +527,18 @@ impl Daemon {
 
     /// Commands that give someone a code are rationed: each answer says whether a code is
     /// free, so an unlimited stream of them would sweep every code (the master's included).
-    async fn ration_codes(&mut self, request: &admin::Request) -> Result<(), CommandError> {
+    async fn ration_codes(
+        &mut self,
+        request: &admin::Request,
+        authority: &Authority,
+    ) -> Result<(), CommandError> {
         if !request.sets_code() {
             return Ok(());
         }
-        match self.panel.code_set(Timestamp::now()) {
+        match self
+            .panel
+            .code_set(&authority.actor_key(), Timestamp::now())
+        {
             Ok(()) => Ok(()),
             Err((until, event)) => {
                 if let Some(event) = event {
@@ -532,8 +549,8 @@ impl Daemon {
                     .await;
                 }
                 Err(CommandError::LockedOut(format!(
-                    "too many codes were set in a short time ({} within lockout.window_s): \
-                     codes can be set again from {until}",
+                    "too many codes were set in a short time (more than {} within \
+                     lockout.window_s): codes can be set again from {until}",
                     panel::CODE_SETS_PER_WINDOW
                 )))
             }

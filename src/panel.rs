@@ -270,8 +270,8 @@ pub struct Panel {
     /// When each source last had a `trigger_ignored` event recorded, per alarm state.
     ignored_triggers: HashMap<(String, AlarmState), Timestamp>,
     quiet: Quiet,
-    /// When the last commands that gave someone a code came, oldest first.
-    code_sets: std::collections::VecDeque<Timestamp>,
+    /// Each actor's ration of commands that give someone a code.
+    code_sets: HashMap<String, Ration>,
     window_s: u64,
 }
 
@@ -299,44 +299,55 @@ impl Panel {
             transactions: zigbee2mqtt::Replies::new(TRANSACTION_MEMORY),
             digest_keys: std::collections::hash_map::RandomState::new(),
             ignored_triggers: HashMap::new(),
-            code_sets: std::collections::VecDeque::new(),
+            code_sets: HashMap::new(),
             quiet: Quiet::default(),
             window_s: rules_window_s(&lockouts),
             lockouts,
         }
     }
 
-    /// A command that gives someone a code (see [`CODE_SETS_PER_WINDOW`]). `Err` holds when
-    /// the next one may come, and the `lockout` event to record when this refusal is the first.
-    pub fn code_set(&mut self, now: Timestamp) -> Result<(), (Timestamp, Option<Box<Event>>)> {
-        let window =
-            jiff::SignedDuration::from_secs(i64::try_from(self.window_s).unwrap_or(i64::MAX));
-        while self
-            .code_sets
+    /// A command from `actor` (a user id, `broker` or `bootstrap`) that gives someone a code
+    /// (see [`CODE_SETS_PER_WINDOW`]). Each actor has a ration of their own, so an admin
+    /// cannot keep the master from setting codes. Past the ration, code-setting is refused
+    /// for `lockout.window_s`, twice as long each further time (up to a day). `Err` holds when
+    /// the next one may come, and the `lockout` event to record when this is the first refusal.
+    pub fn code_set(
+        &mut self,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<(), (Timestamp, Option<Box<Event>>)> {
+        let secs = |s: u64| jiff::SignedDuration::from_secs(i64::try_from(s).unwrap_or(i64::MAX));
+        let window = secs(self.window_s);
+        let ration = self.code_sets.entry(actor.to_owned()).or_default();
+        if let Some(until) = ration.blocked_until.filter(|&until| now < until) {
+            return Err((until, None));
+        }
+        while ration
+            .sets
             .front()
             .is_some_and(|&at| now.duration_since(at) >= window)
         {
-            self.code_sets.pop_front();
+            ration.sets.pop_front();
         }
-        if self.code_sets.len() >= CODE_SETS_PER_WINDOW {
-            let until = self.code_sets[0]
-                .checked_add(window)
-                .unwrap_or(Timestamp::MAX);
-            let first = self.code_sets.len() == CODE_SETS_PER_WINDOW;
-            if first {
-                // One event per stretch: the oldest is pushed past the limit by a marker.
-                self.code_sets.push_back(now);
-                tracing::warn!(until = %until, "too many codes set in a short time: refusing more for a while");
-                let mut event = Event::new(EventType::Lockout, now)
-                    .source(crate::admin::SOURCE)
-                    .reason("too_many_codes_set");
-                event.until = Some(until);
-                return Err((until, Some(Box::new(event))));
-            }
-            return Err((until, None));
+        if ration.sets.len() < CODE_SETS_PER_WINDOW {
+            ration.sets.push_back(now);
+            return Ok(());
         }
-        self.code_sets.push_back(now);
-        Ok(())
+        let block_s = 2u64
+            .checked_pow(ration.strikes)
+            .and_then(|factor| self.window_s.checked_mul(factor))
+            .unwrap_or(u64::MAX)
+            .min(24 * 3600);
+        ration.strikes = ration.strikes.saturating_add(1);
+        ration.sets.clear();
+        let until = now.checked_add(secs(block_s)).unwrap_or(Timestamp::MAX);
+        ration.blocked_until = Some(until);
+        tracing::warn!(actor, until = %until, "too many codes set in a short time: refusing more for a while");
+        let mut event = Event::new(EventType::Lockout, now)
+            .source(crate::admin::SOURCE)
+            .reason("too_many_codes_set");
+        event.until = Some(until);
+        Err((until, Some(Box::new(event))))
     }
 
     pub fn state(&self) -> AlarmState {
@@ -426,17 +437,19 @@ impl Panel {
             request: self.exchange_digest(&input),
         });
         if let Some(key) = &exchange {
-            if let Some(reply) = self.transactions.get(key, mono) {
-                tracing::info!(
-                    keypad = keypad.name,
-                    "repeated transaction: same reply, not applied again"
-                );
+            if let Some(repeat) = self.transactions.get(key, mono) {
+                let reply = repeat.map(|reply| {
+                    Publish::new(Topics::zigbee2mqtt_set(&keypad.topic), reply, false)
+                });
+                if let Some(more) = self.quiet.allow("repeated transaction", mono) {
+                    tracing::info!(
+                        keypad = keypad.name,
+                        more,
+                        "repeated transaction: same reply, not applied again"
+                    );
+                }
                 return Step::Done(Box::new(Decision {
-                    reply: Some(Publish::new(
-                        Topics::zigbee2mqtt_set(&keypad.topic),
-                        reply,
-                        false,
-                    )),
+                    reply,
                     ..Decision::default()
                 }));
             }
@@ -919,6 +932,15 @@ impl Panel {
 
 fn rules_window_s(lockouts: &Lockouts) -> u64 {
     lockouts.rules().window_s
+}
+
+/// One actor's recent code-setting commands ([`Panel::code_set`]).
+#[derive(Debug, Default)]
+struct Ration {
+    sets: std::collections::VecDeque<Timestamp>,
+    blocked_until: Option<Timestamp>,
+    /// Times the ration ran out: the exponent of the refusal's length.
+    strikes: u32,
 }
 
 /// Log lines about input anyone may send (junk, repeats, attempts while locked out): at most

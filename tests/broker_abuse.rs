@@ -252,3 +252,70 @@ fn a_connection_dropped_right_after_connecting_does_not_reset_the_backoff_and_sa
         "a connection that lasted less than 30 s must not reset the backoff: {retries:#?}"
     );
 }
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// (Red team, round 2.) A Zigbee2MQTT message repeating one transaction is answered from memory with an
+/// INFO line each time, unthrottled (no hashing, no lockout): anyone who may publish on the
+/// keypad topic writes one journal line per message.
+#[test]
+fn a_repeated_zigbee_transaction_is_logged_at_most_once_every_ten_seconds() {
+    let w = World::start(|_| {});
+    let payload = json!({"action": "disarm", "action_code": "9999", "action_transaction": 7});
+    w.probe.publish_json(&w.site.z2m_topic(), &payload);
+    w.hall_reply();
+    for _ in 0..300 {
+        w.probe.publish_json(&w.site.z2m_topic(), &payload);
+    }
+    // A keypad that missed the reply repeats a few times: those get it; a flood gets nothing
+    // more (each reply goes out over the radio).
+    let set = format!("{}/set", w.site.z2m_topic());
+    let mut replies = 0;
+    while w
+        .probe
+        .try_wait_for(&set, Duration::from_millis(700), |_| true)
+        .is_some()
+    {
+        replies += 1;
+    }
+    assert_eq!(replies, 4, "replies to 300 repeats");
+    let lines = count(&w.daemon.log_text(), "repeated transaction");
+    assert!(
+        lines <= 2,
+        "{lines} log lines for 300 repeats of one Zigbee transaction in a few seconds"
+    );
+}
+
+/// (Red team, round 2.) Commands on `B/config/set` without `auth`, or not JSON at all, come from anyone
+/// who may publish there; each writes an INFO or WARN line, unthrottled.
+#[test]
+fn junk_on_the_config_topic_is_logged_at_most_once_a_kind_every_ten_seconds() {
+    let w = World::start(|_| {});
+    // In rounds that fit the command lane (64 waiting), so that none is dropped.
+    for round in 0..8 {
+        for i in 0..25 {
+            let id = format!("j{round}-{i}");
+            w.probe.publish_json(
+                &w.topic("config/set"),
+                &json!({"id": id, "command": "list_users"}),
+            );
+            w.probe.publish(&w.topic("config/set"), "not json", false);
+        }
+        let last = format!("j{round}-24");
+        w.probe.wait_for(&w.topic("config/result"), |m| {
+            m.json()["id"] == last.as_str()
+        });
+    }
+    let last = w.command(json!({"id": "last", "command": "list_users"}));
+    assert_eq!(last["error"]["kind"], "unauthorized");
+    let log = w.daemon.log_text();
+    let unauthorized = count(&log, "`auth` is required");
+    let invalid = count(&log, "refused a command");
+    assert!(
+        unauthorized + invalid <= 4,
+        "{unauthorized} lines about commands without auth and {invalid} about non-JSON ones \
+         for 400 junk messages"
+    );
+}

@@ -112,7 +112,8 @@ pub fn bridge_online(payload: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct Replies<K> {
     ttl: std::time::Duration,
-    by_key: std::collections::HashMap<K, (std::time::Instant, String)>,
+    /// When the reply was given, the reply, and how many repeats got it again.
+    by_key: std::collections::HashMap<K, (std::time::Instant, String, u8)>,
     order: std::collections::VecDeque<(std::time::Instant, K)>,
 }
 
@@ -128,10 +129,20 @@ impl<K: Clone + Eq + std::hash::Hash> Replies<K> {
         }
     }
 
-    /// The reply remembered for `key`, if it was given less than the time to live ago.
-    pub fn get(&mut self, key: &K, now: std::time::Instant) -> Option<&str> {
+    /// A keypad repeats a request a few times when no reply reaches it; more repeats than
+    /// that are a flood, and get no reply (each reply goes out over the radio).
+    pub const REPLAYS: u8 = 4;
+
+    /// The reply remembered for `key`, if it was given less than the time to live ago:
+    /// `Some(Some(reply))` to send again, `Some(None)` for a repeat past [`Self::REPLAYS`].
+    pub fn get(&mut self, key: &K, now: std::time::Instant) -> Option<Option<&str>> {
         self.expire(now);
-        self.by_key.get(key).map(|(_, reply)| reply.as_str())
+        let (_, reply, replays) = self.by_key.get_mut(key)?;
+        if *replays >= Self::REPLAYS {
+            return Some(None);
+        }
+        *replays += 1;
+        Some(Some(reply.as_str()))
     }
 
     pub fn insert(&mut self, key: K, reply: String, now: std::time::Instant) {
@@ -140,7 +151,7 @@ impl<K: Clone + Eq + std::hash::Hash> Replies<K> {
             self.pop_oldest();
         }
         self.order.push_back((now, key.clone()));
-        self.by_key.insert(key, (now, reply));
+        self.by_key.insert(key, (now, reply, 0));
     }
 
     pub fn len(&self) -> usize {
@@ -163,7 +174,7 @@ impl<K: Clone + Eq + std::hash::Hash> Replies<K> {
     fn pop_oldest(&mut self) {
         if let Some((at, key)) = self.order.pop_front() {
             // A key given again later has a newer entry: only its own entry goes.
-            if self.by_key.get(&key).is_some_and(|(t, _)| *t == at) {
+            if self.by_key.get(&key).is_some_and(|(t, _, _)| *t == at) {
                 self.by_key.remove(&key);
             }
         }
@@ -185,11 +196,24 @@ mod tests {
             r.insert(("hall", 7u8), "invalid_code".to_owned(), t0);
             assert_eq!(
                 r.get(&("hall", 7), t0 + Duration::from_millis(9_999)),
-                Some("invalid_code")
+                Some(Some("invalid_code"))
             );
             assert_eq!(r.get(&("front", 7), t0), None);
             assert_eq!(r.get(&("hall", 7), t0 + Duration::from_secs(10)), None);
             assert!(r.is_empty());
+        }
+
+        #[test]
+        fn a_keypad_gets_a_few_repeats_answered_and_a_flood_of_them_none() {
+            let t0 = Instant::now();
+            let mut r = Replies::new(Duration::from_secs(10));
+            r.insert(3u8, "disarm".to_owned(), t0);
+            for _ in 0..Replies::<u8>::REPLAYS {
+                assert_eq!(r.get(&3, t0), Some(Some("disarm")));
+            }
+            for _ in 0..100 {
+                assert_eq!(r.get(&3, t0), Some(None));
+            }
         }
 
         #[test]
@@ -201,7 +225,7 @@ mod tests {
                 assert!(r.len() <= Replies::<u32>::CAPACITY);
             }
             // The newest are kept, the oldest pushed out.
-            assert_eq!(r.get(&4999, t0), Some("x"));
+            assert_eq!(r.get(&4999, t0), Some(Some("x")));
             assert_eq!(r.get(&0, t0), None);
         }
 
@@ -211,7 +235,10 @@ mod tests {
             let mut r = Replies::new(Duration::from_secs(10));
             r.insert(1u8, "first".to_owned(), t0);
             r.insert(1u8, "second".to_owned(), t0 + Duration::from_secs(5));
-            assert_eq!(r.get(&1, t0 + Duration::from_secs(11)), Some("second"));
+            assert_eq!(
+                r.get(&1, t0 + Duration::from_secs(11)),
+                Some(Some("second"))
+            );
             assert_eq!(r.get(&1, t0 + Duration::from_secs(15)), None);
         }
     }
