@@ -486,7 +486,8 @@ impl Daemon {
     }
 
     async fn config_command(&mut self, payload: &[u8]) -> Value {
-        let request = match admin::parse(payload) {
+        let codes = &self.config.codes;
+        let request = match admin::parse(payload, codes.min_length, codes.max_length) {
             Ok(request) => request,
             Err((partial, error)) => {
                 tracing::warn!(kind = error.kind(), "refused a command: {error}");
@@ -525,7 +526,7 @@ impl Daemon {
                 }
                 tracing::info!(
                     id = request.id,
-                    command = request.command,
+                    command = request.command.name(),
                     kind = error.kind(),
                     "command refused: {error}"
                 );
@@ -625,15 +626,12 @@ impl Daemon {
         let fingerprint = self.fingerprint(request);
         let store = self.store.clone();
         let keyer = self.keyer.clone();
-        let codes = self.config.codes.clone();
         let req = request.clone();
         // Hashing a new code and reading the store block: off the runtime.
         let applied = blocking(move || {
             let ctx = admin::Context {
                 store: &store,
                 keyer: &keyer,
-                min_length: codes.min_length,
-                max_length: codes.max_length,
                 now: Timestamp::now(),
             };
             admin::apply(&ctx, &req, &authority)
@@ -647,7 +645,7 @@ impl Daemon {
         self.commit(change).await?;
         tracing::info!(
             id = request.id,
-            command = request.command,
+            command = request.command.name(),
             "command applied"
         );
         if request.is_master_bootstrap() {
