@@ -135,7 +135,7 @@ pub enum AdminCommand {
 }
 
 impl AdminCommand {
-    /// Its name on the wire, one of [`COMMANDS`].
+    /// Its name on the wire.
     pub fn name(&self) -> &'static str {
         match self {
             AdminCommand::AddUser { .. } => "add_user",
@@ -433,7 +433,7 @@ pub fn parse(
     })
 }
 
-pub const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 11] = [
     "add_user",
     "update_user",
     "set_code",
