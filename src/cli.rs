@@ -10,6 +10,7 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context};
 use jiff::Timestamp;
 
+use crate::admin::{self, AdminCommand, Authority, CommandError, Report, Rules};
 use crate::codes::Code;
 use crate::config::Config;
 use crate::events::{Event, EventType};
@@ -17,7 +18,7 @@ use crate::lockout::{self, LockoutRules, Lockouts};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::users::{Role, User};
 
-const SOURCE: &str = "cli";
+const SOURCE: &str = admin::LOCAL_SOURCE;
 
 /// Reads a code: twice without echo on a terminal, else once from stdin.
 pub fn read_code(prompt: &str) -> anyhow::Result<String> {
@@ -51,10 +52,18 @@ pub fn init(
     name: &str,
     read: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<User> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+    let Ok(name) = admin::user_name(name) else {
         bail!("--name must be 1 to 64 characters, without control characters");
-    }
+    };
+    let refused = |error| match error {
+        CommandError::Forbidden(_) => anyhow::anyhow!(
+            "a master already exists; use `keypad-bridge reset-master` to give it a new code"
+        ),
+        CommandError::DuplicateName(_) => {
+            anyhow::anyhow!("another user is already called {name:?}; choose another --name")
+        }
+        other => refusal(other),
+    };
     // Nothing is created until the code has been read and checked: an interrupted `init`
     // must not leave a store without a master behind.
     let existing = match Store::open(config, Create::Refused) {
@@ -63,46 +72,22 @@ pub fn init(
         Err(e) => return Err(e.into()),
     };
     if let Some(store) = &existing {
-        if let Some(master) = store.master()? {
-            bail!(
-                "a master already exists ({:?}); use `keypad-bridge reset-master` to give it a new code",
-                master.name
-            );
-        }
-        if store
-            .users()?
-            .iter()
-            .any(|u| crate::users::names_equal(&u.name, name))
-        {
-            bail!("another user is already called {name:?}; choose another --name");
-        }
+        // The rules that need no code, asked before the code is typed.
+        admin::may_add_user(store, &Authority::Local, &name, Role::Master, true)
+            .map_err(refused)?;
     }
     let code = parse_code(config, &read()?)?;
     let store = match existing {
         Some(store) => store,
         None => Store::open(config, Create::Allowed)?,
     };
-    let key = store.keyer().key(&code);
-    if store.code_taken(&key)? {
-        bail!("that code is already used by another user; choose another one");
-    }
-    let now = Timestamp::now();
-    let mut user = User::new(store.new_user_id()?, name.to_owned(), Role::Master, now);
-    user.code_key = Some(key.to_hex());
-    store.commit(Change {
-        put_users: vec![user.clone()],
-        put_codes: vec![(key, user.id.clone())],
-        events: vec![
-            Event::new(EventType::UserAdded, now)
-                .source(SOURCE)
-                .about(&user),
-            Event::new(EventType::CodeSet, now)
-                .source(SOURCE)
-                .about(&user),
-        ],
-        ..Change::default()
-    })?;
-    Ok(user)
+    let command = AdminCommand::AddUser {
+        name: name.clone(),
+        role: Role::Master,
+        code: Some(code),
+        rules: Rules::default(),
+    };
+    run_locally(&store, &command, refused)
 }
 
 /// `reset-master`: a new code for the master (local recovery of a lost main code).
@@ -111,22 +96,51 @@ pub fn reset_master(
     read: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<User> {
     let store = Store::open(config, Create::Refused)?;
-    let Some(mut master) = store.master()? else {
+    let Some(master) = store.master()? else {
         bail!("there is no master yet; create it with `keypad-bridge init`");
     };
     let code = parse_code(config, &read()?)?;
-    let key = store.keyer().key(&code);
-    if let Some(holder) = store.user_by_key(&key)? {
-        if holder.id != master.id {
-            bail!("that code is already used by another user; choose another one");
-        }
+    let command = AdminCommand::SetCode {
+        user: master.id.clone(),
+        code,
+    };
+    run_locally(&store, &command, refusal)
+}
+
+/// Decides a command as [`Authority::Local`], under the rules of `B/config/set`, and commits
+/// it; `refusal` words a refused one for the terminal.
+fn run_locally(
+    store: &Store,
+    command: &AdminCommand,
+    refusal: impl Fn(CommandError) -> anyhow::Error,
+) -> anyhow::Result<User> {
+    let ctx = admin::Context {
+        store,
+        keyer: store.keyer(),
+        now: Timestamp::now(),
+    };
+    let decision = admin::decide(&ctx, command, &Authority::Local).map_err(refusal)?;
+    if let Some(change) = decision.change {
+        store.commit(change)?;
     }
-    let now = Timestamp::now();
-    let mut change = Change::recode(&mut master, key, now);
-    let event = Event::new(EventType::CodeSet, now).source(SOURCE);
-    change.events.push(event.about(&master));
-    store.commit(change)?;
-    Ok(master)
+    match decision.report {
+        Report::User(user) => Ok(*user),
+        Report::Users(_) | Report::Entries(_) => bail!("{} changed no user", command.name()),
+    }
+}
+
+/// A refused command in the words of the offline commands.
+fn refusal(error: CommandError) -> anyhow::Error {
+    match error {
+        CommandError::DuplicateCode(_) => {
+            anyhow::anyhow!("that code is already used by another user; choose another one")
+        }
+        // Its cause is logged where it happened.
+        CommandError::Internal(_) => {
+            anyhow::anyhow!("the store could not complete the command; nothing was changed")
+        }
+        other => anyhow::anyhow!("{other}; nothing was changed"),
+    }
 }
 
 /// `users`: one line per user, no codes.
@@ -255,5 +269,79 @@ fn plural(n: usize, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let text = serde_json::json!({
+            "store": {"path": dir.join("db"), "secret_file": dir.join("secret"), "cache_mb": 1},
+            "codes": {"argon2": {"memory_kib": 1024, "iterations": 1, "parallelism": 1}},
+            "keypads": [],
+        });
+        crate::config::parse(&text.to_string()).unwrap()
+    }
+
+    fn code(digits: &str) -> impl FnOnce() -> anyhow::Result<String> + '_ {
+        move || Ok(digits.to_owned())
+    }
+
+    fn unread() -> anyhow::Result<String> {
+        panic!("the code was asked for although the command is refused")
+    }
+
+    #[test]
+    fn init_and_reset_master_follow_the_rules_of_the_config_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let alice = init(&config, " Alice ", code("1234")).unwrap();
+        assert_eq!((alice.name.as_str(), alice.role), ("Alice", Role::Master));
+        // A second master, or a taken name, is refused before the code is read.
+        let err = init(&config, "Eve", unread).unwrap_err().to_string();
+        assert!(err.contains("a master already exists"), "{err}");
+        let store = Store::open(&config, Create::Refused).unwrap();
+        let bob = AdminCommand::AddUser {
+            name: "Bob".into(),
+            role: Role::User,
+            code: Some(Code::parse("2468", 4, 6).unwrap()),
+            rules: Rules::default(),
+        };
+        run_locally(&store, &bob, refusal).unwrap();
+        drop(store);
+        let err = reset_master(&config, code("2468")).unwrap_err().to_string();
+        assert!(err.contains("already used by another user"), "{err}");
+        let err = reset_master(&config, code("12")).unwrap_err().to_string();
+        assert!(err.contains("that code cannot be used"), "{err}");
+        assert_eq!(reset_master(&config, code("1234")).unwrap().id, alice.id);
+        reset_master(&config, code("7531")).unwrap();
+        let store = Store::open(&config, Create::Refused).unwrap();
+        let key = store.keyer().key(&Code::parse("7531", 4, 6).unwrap());
+        assert_eq!(store.user_by_key(&key).unwrap().unwrap().id, alice.id);
+        let events = store.activity(10, None, |_| true).unwrap();
+        let sources: Vec<_> = events.iter().map(|e| e.source.as_deref()).collect();
+        assert!(sources.iter().all(|s| *s == Some("cli")), "{sources:?}");
+        assert!(events.iter().all(|e| e.by.is_none()));
+    }
+
+    #[test]
+    fn init_refuses_a_name_someone_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let store = Store::open(&config, Create::Allowed).unwrap();
+        let bob = AdminCommand::AddUser {
+            name: "Bob".into(),
+            role: Role::User,
+            code: None,
+            rules: Rules::default(),
+        };
+        run_locally(&store, &bob, refusal).unwrap();
+        drop(store);
+        let err = init(&config, "BOB", unread).unwrap_err().to_string();
+        assert!(err.contains("another user is already called"), "{err}");
+        let err = init(&config, "\u{7}", unread).unwrap_err().to_string();
+        assert!(err.contains("--name must be 1 to 64 characters"), "{err}");
     }
 }

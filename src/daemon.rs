@@ -471,7 +471,8 @@ impl Daemon {
     }
 
     async fn config_command(&mut self, payload: &[u8]) -> Value {
-        let request = match admin::parse(payload) {
+        let codes = &self.config.codes;
+        let request = match admin::parse(payload, codes.min_length, codes.max_length) {
             Ok(request) => request,
             Err((partial, error)) => {
                 if let Some(more) = self.quiet.allow(error.kind(), Instant::now()) {
@@ -514,7 +515,7 @@ impl Daemon {
                 if let Some(more) = self.quiet.allow(error.kind(), Instant::now()) {
                     tracing::info!(
                         id = request.id,
-                        command = request.command,
+                        command = request.command.name(),
                         kind = error.kind(),
                         more,
                         "command refused: {error}"
@@ -623,15 +624,12 @@ impl Daemon {
         let fingerprint = self.fingerprint(request);
         let store = self.store.clone();
         let keyer = self.keyer.clone();
-        let codes = self.config.codes.clone();
         let req = request.clone();
         // Hashing a new code and reading the store block: off the runtime.
         let applied = blocking(move || {
             let ctx = admin::Context {
                 store: &store,
                 keyer: &keyer,
-                min_length: codes.min_length,
-                max_length: codes.max_length,
                 now: Timestamp::now(),
             };
             admin::apply(&ctx, &req, &authority)
@@ -645,7 +643,7 @@ impl Daemon {
         self.commit(change).await?;
         tracing::info!(
             id = request.id,
-            command = request.command,
+            command = request.command.name(),
             "command applied"
         );
         if request.is_master_bootstrap() {
