@@ -605,6 +605,9 @@ pub struct Context<'a> {
     pub store: &'a dyn Users,
     pub keyer: &'a LookupKeyer,
     pub now: Timestamp,
+    /// `auth` was a duress code: the `activity` it reads leaves `duress` events out, or the
+    /// intruder would read there that the code they forced out was the duress one.
+    pub under_duress: bool,
 }
 
 /// A decided command: the change to commit (none for a read-only command) and its result.
@@ -984,13 +987,19 @@ impl Decider<'_> {
             Some(u) => store.find_user(u)?,
             None => None,
         };
-        let entries = store.activity(limit, before, &|e| match (user, &found) {
-            (None, _) => true,
-            (Some(_), Some(found)) => e.involves(&found.id),
-            (Some(who), None) => {
-                e.involves(who)
-                    || e.user.as_deref().is_some_and(|n| names_equal(n, who))
-                    || e.by.as_deref().is_some_and(|n| names_equal(n, who))
+        let hide_duress = self.ctx.under_duress;
+        let entries = store.activity(limit, before, &|e| {
+            if hide_duress && e.event_type == EventType::Duress {
+                return false;
+            }
+            match (user, &found) {
+                (None, _) => true,
+                (Some(_), Some(found)) => e.involves(&found.id),
+                (Some(who), None) => {
+                    e.involves(who)
+                        || e.user.as_deref().is_some_and(|n| names_equal(n, who))
+                        || e.by.as_deref().is_some_and(|n| names_equal(n, who))
+                }
             }
         })?;
         Ok(Decision {
@@ -1429,6 +1438,7 @@ mod tests {
                 store: &self.users,
                 keyer: &self.keyer,
                 now: self.now,
+                under_duress: false,
             };
             let mut decision = decide(&ctx, &request.command, authority)?;
             if let Some(change) = decision.change.take() {

@@ -118,6 +118,7 @@ fn run_locally(
         store,
         keyer: store.keyer(),
         now: Timestamp::now(),
+        under_duress: false,
     };
     let decision = admin::decide(&ctx, command, &Authority::Local).map_err(refusal)?;
     if let Some(change) = decision.change {

@@ -92,6 +92,7 @@ pub async fn run_with_store(
         announced: false,
         queued_before_commit: 0,
         quiet: panel::Quiet::default(),
+        duress: None,
         last_discovery: None,
         last_panel_status: None,
     };
@@ -187,6 +188,9 @@ struct Daemon {
     queued_before_commit: usize,
     /// Whether the store has a master (the bootstrap rule), kept current after each command.
     has_master: bool,
+    /// The current command's `auth` was a duress code: its silent event, recorded once the
+    /// result is out.
+    duress: Option<crate::events::Event>,
     /// Log lines about input anyone may send, at most one a kind every 10 s.
     quiet: panel::Quiet,
     /// When discovery and the panel status were last re-sent on a status message: a flood of
@@ -460,12 +464,23 @@ impl Daemon {
         if payload.is_empty() {
             return;
         }
+        self.duress = None;
         let result = self.config_command(payload).await;
         self.push(
             &self.topics.config_result.clone(),
             result.to_string(),
             false,
         );
+        if let Some(event) = self.duress.take() {
+            self.push(&self.topics.config_set.clone(), Vec::new(), true);
+            self.flush().await;
+            self.record(Change {
+                events: vec![event],
+                ..Change::default()
+            })
+            .await;
+            return;
+        }
         // No code may linger on the broker: clear the (possibly retained) command.
         self.push(&self.topics.config_set.clone(), Vec::new(), true);
     }
@@ -595,13 +610,9 @@ impl Daemon {
             Some((user, credential)) => match admin::authorise(&user, now, &self.tz) {
                 Ok(authority) => {
                     if let (Credential::Duress, Authority::User(user)) = (credential, &authority) {
-                        // Coerced into managing codes: it works as their code, and tells.
-                        let event = panel::duress_event(user, true, admin::SOURCE, now);
-                        self.record(Change {
-                            events: vec![event],
-                            ..Change::default()
-                        })
-                        .await;
+                        // Coerced into managing codes: it works as their code, and tells, once
+                        // the result is out (the same latency as with their own code).
+                        self.duress = Some(panel::duress_event(user, true, admin::SOURCE, now));
                     }
                     return Ok(authority);
                 }
@@ -625,12 +636,14 @@ impl Daemon {
         let store = self.store.clone();
         let keyer = self.keyer.clone();
         let req = request.clone();
+        let under_duress = self.duress.is_some();
         // Hashing a new code and reading the store block: off the runtime.
         let applied = blocking(move || {
             let ctx = admin::Context {
                 store: &store,
                 keyer: &keyer,
                 now: Timestamp::now(),
+                under_duress,
             };
             admin::apply(&ctx, &req, &authority)
         })

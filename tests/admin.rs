@@ -827,3 +827,43 @@ fn an_admin_cannot_sweep_the_masters_code_through_the_uniqueness_check() {
     );
     assert_eq!(r["ok"], true, "{r}");
 }
+
+/// (Red team, round 2.) An intruder who forced "the admin code" out of Bob got his duress code:
+/// it works as `auth`, and the activity it reads must not show the duress it raised. The
+/// master still sees it.
+#[test]
+fn a_duress_code_used_as_auth_does_not_show_in_the_activity_it_reads() {
+    let w = World::start(|_| {});
+    w.add_user("Bob", "admin", "5511");
+    let r = w.command(
+        json!({"id": "d1", "auth": "1234", "command": "set_duress_code",
+                             "user": "Bob", "code": "7711"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    for i in 0..2 {
+        let r = w.command(
+            json!({"id": format!("d2{i}"), "auth": "7711", "command": "activity", "limit": 5}),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        let types: Vec<&str> = r["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap())
+            .collect();
+        assert!(!types.contains(&"duress"), "the intruder reads: {types:?}");
+        assert_eq!(types.len(), 5, "{types:?}");
+    }
+    let duress = w.wait_event("duress");
+    assert_eq!(duress["user"], "Bob");
+    assert_eq!(duress["source"], "admin");
+    assert!(duress.get("notify").is_none());
+    let r = w.command(json!({"id": "d3", "auth": "1234", "command": "activity", "limit": 5}));
+    let duress_seen = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "duress")
+        .count();
+    assert_eq!(duress_seen, 2, "{r}");
+}
