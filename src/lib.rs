@@ -4,20 +4,26 @@
 //!   keypads (Zigbee2MQTT, ESPHome, plain)      Home Assistant            owner (mosquitto_pub, HA scripts)
 //!            │ zigbee2mqtt/<kp>, <topic>          │ B/alarm/set                │ B/config/set
 //!            ▼                                    ▼                            ▼
-//!   mqtt ──► daemon (one loop, one owner) ──► keypad::* parse/reply   admin: parse, authorise, apply
-//!            │   ├─ lockout   (per-source failure counting, pure)
-//!            │   ├─ codes     (Code, one Argon2id lookup key per check)
-//!            │   ├─ users     (roles, validity rules, pure)
-//!            │   ├─ alarm     (state machine, time passed in, pure)
-//!            │   └─ store     (sled trees + secret + alarm-state file; durable before ack)
+//!   mqtt (the only rumqttc user: four lanes: alarm commands, keypads, status, code management)
+//!            │
+//!            ▼
+//!   daemon: one loop, one owner; it decides nothing, it does the I/O that decisions list
+//!            ├─► keypad::*  parse what arrives (Zigbee2MQTT, json, plain, Home Assistant)
+//!            ├─► panel      sans-IO: alarm + lockouts + attributes + transaction memory;
+//!            │              begin → (Argon2 lookup in the loop) → finish, tick(now) → Decision
+//!            ├─► admin      AdminCommand parsed whole, gate/authorise, decide against `Users`
+//!            └─► store      sled trees + secret + alarm-state file; durable before acknowledged
+//!   under them, pure: alarm (state machine), lockout, users (roles, validity), codes (Code,
+//!   one Argon2id lookup key), events, topics, homeassistant (discovery structs), config
 //!            ▼
 //!   B/alarm/state, B/alarm/attributes, B/alarm/last_user, B/event, B/config/result, B/config/users,
-//!   <kp>/set replies, Home Assistant discovery (homeassistant)
+//!   <kp>/set replies, Home Assistant discovery
 //! ```
 //!
 //! Modules: [`config`] (YAML, defaults, plain-words errors), [`codes`], [`store`], [`users`],
-//! [`keypad`], [`alarm`], [`lockout`], [`admin`], [`events`], [`topics`], [`homeassistant`],
-//! [`mqtt`] (the only rumqttc user), [`daemon`] (the loop), [`cli`] (the offline commands).
+//! [`keypad`], [`alarm`], [`lockout`], [`panel`] (every decision about the alarm), [`admin`]
+//! (code management), [`events`], [`topics`], [`homeassistant`], [`mqtt`] (the only rumqttc
+//! user), [`daemon`] (the loop), [`cli`] (the offline commands).
 //! The contract is `DESIGN.md`: topics, payloads, commands and storage rules.
 
 pub mod admin;
