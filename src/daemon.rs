@@ -137,7 +137,14 @@ pub async fn run_with_store(
 
     tracing::info!("shutting down");
     // The inbox stays open until the connection task has sent `offline` and DISCONNECT. A
-    // broker that is gone (or a full request queue) must not hold the shutdown up.
+    // broker that is gone (or a full request queue) must not hold the shutdown up, and with
+    // no connection there is nobody to tell (the broker publishes the last will itself).
+    if !publisher.is_connected() {
+        task.abort();
+        drop(inbox);
+        daemon.store.make_durable()?;
+        return Ok(());
+    }
     let goodbye = async {
         publisher
             .publish(&daemon.topics.status, "offline", true)

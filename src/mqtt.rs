@@ -83,6 +83,8 @@ pub struct Publisher {
     client: AsyncClient,
     /// Set once the daemon asks to disconnect: only then does a DISCONNECT end the task.
     closing: Arc<AtomicBool>,
+    /// Whether the connection is up (a ConnAck and no error since).
+    connected: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -107,6 +109,11 @@ impl Publisher {
         if let Err(e) = self.client.subscribe_many(filters).await {
             tracing::warn!("cannot queue the subscriptions: {e}");
         }
+    }
+
+    /// Whether the connection is up: a shutdown has nothing to tell a broker it cannot reach.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Sends a DISCONNECT after everything queued before it.
@@ -213,6 +220,7 @@ pub fn connect(
     let (status_tx, status) = mpsc::channel(STATUS_LANE.0);
     let (admin_tx, admin) = mpsc::channel(ADMIN_LANE.0);
     let closing = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicBool::new(false));
     let queues = Queues {
         lanes,
         alarm: (
@@ -232,9 +240,14 @@ pub fn connect(
         control_tx,
         queues,
         closing.clone(),
+        connected.clone(),
     ));
     Ok((
-        Publisher { client, closing },
+        Publisher {
+            client,
+            closing,
+            connected: connected.clone(),
+        },
         Inbox {
             control,
             alarm,
@@ -399,6 +412,7 @@ async fn drive(
     control: mpsc::UnboundedSender<MqttEvent>,
     mut queues: Queues,
     closing: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
 ) {
     let mut backoff = Backoff::new();
     tracing::info!("connecting to the MQTT broker at {broker}");
@@ -407,6 +421,7 @@ async fn drive(
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 tracing::info!("connected to the MQTT broker at {broker}");
                 backoff.connected(Instant::now());
+                connected.store(true, Ordering::Relaxed);
                 let _ = control.send(MqttEvent::Connected);
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
@@ -426,7 +441,8 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::Disconnect)) if closing.load(Ordering::Relaxed) => return,
             Ok(_) => {}
             Err(e) => {
-                if control.is_closed() {
+                connected.store(false, Ordering::Relaxed);
+                if control.is_closed() || closing.load(Ordering::Relaxed) {
                     return;
                 }
                 let hint = if let ConnectionError::MqttState(StateError::Deserialization(

@@ -229,3 +229,26 @@ fn an_unreadable_json_keypad_message_is_answered_and_changes_nothing() {
     w.probe
         .assert_silent(&w.topic("event"), Duration::from_millis(300));
 }
+
+/// With no broker to tell, a stop is at once: no wait for a connection that does not exist,
+/// and no retry after `shutting down`.
+#[test]
+fn a_stop_while_the_broker_is_unreachable_is_at_once() {
+    let mut broker = Broker::start();
+    let site = Site::new(broker.port);
+    site.init("Alice", "1234");
+    broker.stop();
+    let mut daemon = site.start();
+    let start = std::time::Instant::now();
+    while !daemon.log_text().contains("cannot connect") {
+        assert!(start.elapsed() < WAIT, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = std::time::Instant::now();
+    assert!(daemon.stop(), "a clean exit");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(2), "the stop took {took:?}");
+    let log = daemon.log_text();
+    let after = &log[log.find("shutting down").expect("the log says it stops")..];
+    assert!(!after.contains("retrying"), "{after}");
+}
