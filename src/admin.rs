@@ -218,12 +218,7 @@ impl AdminCommand {
                     user: f.string("user")?.flatten(),
                 }
             }
-            other => {
-                return Err(CommandError::UnknownCommand(format!(
-                    "unknown command ({} characters)",
-                    other.chars().count()
-                )))
-            }
+            _ => return Err(CommandError::UnknownCommand("unknown command".into())),
         };
         f.finish()?;
         Ok(command)
@@ -349,7 +344,8 @@ pub fn parse(
     let mut value = match WipedJson::parse(payload) {
         Ok(v) => v,
         Err(e) => {
-            let msg = format!("the command is not valid UTF-8 JSON: {e}");
+            // Without serde's line and column: a position tells how long a code before it is.
+            let msg = format!("the command is not valid UTF-8 JSON ({})", json_problem(&e));
             return Err((partial, CommandError::InvalidJson(msg)));
         }
     };
@@ -389,11 +385,7 @@ pub fn parse(
     };
     // Only a known command's name is echoed: an unknown one may be anything, a code included.
     let Some(known) = COMMANDS.iter().find(|c| **c == name) else {
-        let msg = format!(
-            "unknown command ({} characters); the commands are {}",
-            name.chars().count(),
-            COMMANDS.join(", ")
-        );
+        let msg = format!("unknown command; the commands are {}", COMMANDS.join(", "));
         return Err((partial, CommandError::UnknownCommand(msg)));
     };
     let partial = Partial {
@@ -1250,12 +1242,19 @@ impl<'a> Fields<'a> {
             } else {
                 self.seen.join(", ")
             };
-            // A field name is echoed only when it looks like one (a typo such as `nmae`);
-            // anything else may be a value put in the wrong place, a code included.
-            let named = if looks_like_a_field_name(unknown) {
-                format!("a field named `{unknown}`")
-            } else {
-                format!("an unknown field ({} characters)", unknown.chars().count())
+            // Nothing of the sender's is echoed (a key may be a value put in the wrong place,
+            // a code or a tag included): only a field name of our own, the closest one for a
+            // typo such as `nmae`.
+            let closest = self
+                .seen
+                .iter()
+                .map(|f| (strsim::osa_distance(f, unknown), *f))
+                .filter(|(d, _)| *d <= 2)
+                .min();
+            let named = match (FIELD_NAMES.iter().find(|f| **f == unknown), closest) {
+                (Some(ours), _) => format!("a field named `{ours}`"),
+                (None, Some((_, f))) => format!("an unknown field (did you mean `{f}`?)"),
+                (None, None) => "an unknown field".to_owned(),
             };
             return Err(CommandError::InvalidField(format!(
                 "{} does not take {named} (it takes: {allowed})",
@@ -1266,9 +1265,34 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Lower-case letters and `_` only, at most 32: no digits, so never a code.
-fn looks_like_a_field_name(key: &str) -> bool {
-    (1..=32).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+/// Every field name some command takes: naming one of these echoes nothing of the sender's.
+const FIELD_NAMES: [&str; 15] = [
+    "name",
+    "role",
+    "code",
+    "notify",
+    "valid_from",
+    "valid_until",
+    "schedule",
+    "max_uses",
+    "user",
+    "limit",
+    "before",
+    "tag",
+    "label",
+    "keypad",
+    "within_s",
+];
+
+/// What is wrong with a payload that is not JSON, in words that quote nothing and give no
+/// position.
+pub fn json_problem(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "it ends too early",
+        serde_json::error::Category::Syntax => "a syntax error",
+        serde_json::error::Category::Data => "a value of the wrong kind",
+        serde_json::error::Category::Io => "it could not be read",
+    }
 }
 
 fn invalid(key: &str, what: &str) -> CommandError {
@@ -2098,7 +2122,12 @@ mod tests {
             (
                 json!({"command": "set_code", "user": "Bob", "code": "1234", "nmae": 1}),
                 "invalid_field",
-                "(it takes: user, code)",
+                "an unknown field (it takes: user, code)",
+            ),
+            (
+                json!({"command": "add_user", "name": "Bob", "rolle": "user"}),
+                "invalid_field",
+                "an unknown field (did you mean `role`?)",
             ),
             (
                 json!({"command": "clear_code", "user": "Bob", "code": "1234"}),
@@ -2138,7 +2167,7 @@ mod tests {
             (
                 json!({"command": "make_coffee"}),
                 "unknown_command",
-                "unknown command (11 characters)",
+                "unknown command; the commands are",
             ),
         ];
         for (command, kind, message) in cases {

@@ -112,7 +112,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Logs go to stderr (journald keeps them); `RUST_LOG` wins over `log.level`.
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+        // sled's debug and trace records print keys and values: the lookup keys of codes
+        // checked, user records, the site salt. Never below warnings, whatever RUST_LOG says.
+        .add_directive("sled=warn".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -77,6 +77,15 @@ pub enum MqttEvent {
     },
 }
 
+impl MqttEvent {
+    /// Overwrites a message's payload: it may hold a code.
+    pub fn wipe(&mut self) {
+        if let MqttEvent::Message { payload, .. } = self {
+            zeroize::Zeroize::zeroize(payload);
+        }
+    }
+}
+
 /// The publishing side, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Publisher {
@@ -302,8 +311,14 @@ impl Queues {
         let now = Instant::now();
         let due = match queue.try_send(event) {
             Ok(()) => drops.due(now),
-            Err(mpsc::error::TrySendError::Full(_)) => drops.dropped(now),
-            Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(mut dropped)) => {
+                dropped.wipe();
+                drops.dropped(now)
+            }
+            Err(mpsc::error::TrySendError::Closed(mut dropped)) => {
+                dropped.wipe();
+                None
+            }
         };
         if let Some(n) = due {
             tracing::warn!(

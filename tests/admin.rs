@@ -777,7 +777,7 @@ fn no_field_value_is_echoed_in_a_result_or_the_log() {
         json!({"id": "e7", "auth": "1234", "command": "add_user", "name": "Fay", "nmae": 1}),
     );
     assert!(
-        r.to_string().contains("nmae"),
+        r.to_string().contains("did you mean `name`"),
         "a typo in a field name is named: {r}"
     );
     let published: Vec<String> = w.probe.all().iter().map(|m| m.text()).collect();

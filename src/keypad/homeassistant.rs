@@ -55,11 +55,11 @@ pub fn parse(payload: &[u8]) -> Result<(Request, Option<TypedCode>), String> {
         None if is("DISARM") => Request::Keypad(KeypadAction::Disarm),
         None if is("TRIGGER") => Request::Trigger,
         None => {
-            return Err(format!(
-                "unknown action ({} characters); expected ARM_AWAY, ARM_HOME, ARM_NIGHT, \
-                 ARM_VACATION, DISARM or TRIGGER",
-                action.chars().count()
-            ));
+            return Err(
+                "unknown action; expected ARM_AWAY, ARM_HOME, ARM_NIGHT, ARM_VACATION, \
+                        DISARM or TRIGGER"
+                    .into(),
+            );
         }
     };
     Ok((request, code))

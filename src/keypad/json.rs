@@ -16,7 +16,10 @@ pub fn parse(payload: &[u8]) -> Parsed {
     }
     let value = match WipedJson::parse(payload) {
         Ok(v) => v,
-        Err(e) => return Parsed::Invalid(format!("the message is not valid JSON ({e})")),
+        Err(e) => {
+            let why = crate::admin::json_problem(&e);
+            return Parsed::Invalid(format!("the message is not valid JSON ({why})"));
+        }
     };
     let Value::Object(map) = &value.0 else {
         return Parsed::Invalid(
@@ -29,11 +32,11 @@ pub fn parse(payload: &[u8]) -> Parsed {
             Some(action) => action,
             None => {
                 // Not echoed: a misconfigured keypad may put the code there.
-                return Parsed::Invalid(format!(
-                    "unknown action ({} characters); use one of disarm, arm_away, arm_home, \
-                     arm_night, arm_vacation, toggle, panic",
-                    s.chars().count()
-                ));
+                return Parsed::Invalid(
+                    "unknown action; use one of disarm, arm_away, arm_home, arm_night, \
+                     arm_vacation, toggle, panic"
+                        .into(),
+                );
             }
         },
         Some(_) => return Parsed::Invalid("`action` must be a string".into()),

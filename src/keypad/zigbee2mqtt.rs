@@ -15,7 +15,10 @@ use crate::alarm::{AlarmState, ArmMode};
 pub fn parse(payload: &[u8]) -> Parsed {
     let value = match WipedJson::parse(payload) {
         Ok(v) => v,
-        Err(e) => return Parsed::Invalid(format!("the message is not valid JSON ({e})")),
+        Err(e) => {
+            let why = crate::admin::json_problem(&e);
+            return Parsed::Invalid(format!("the message is not valid JSON ({why})"));
+        }
     };
     let Value::Object(map) = &value.0 else {
         return Parsed::Invalid("the message must be a JSON object".into());
@@ -31,10 +34,11 @@ pub fn parse(payload: &[u8]) -> Parsed {
             Some(mode) => KeypadAction::Arm(mode),
             // Not echoed: a misbehaving device may put anything there.
             None => {
-                return Parsed::Invalid(format!(
-                    "unsupported keypad action ({} characters)",
-                    other.chars().count()
-                ))
+                return Parsed::Invalid(
+                    "unsupported keypad action; the bridge acts on disarm, arm_all_zones, \
+                     arm_day_zones, arm_night_zones, emergency and panic"
+                        .into(),
+                )
             }
         },
     };
