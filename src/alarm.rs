@@ -465,7 +465,7 @@ impl<'de> Deserialize<'de> for Alarm {
 }
 
 /// `at + secs`, saturating at the end of time: an absurd configured delay must not panic.
-fn after(at: Timestamp, secs: u64) -> Timestamp {
+pub(crate) fn after(at: Timestamp, secs: u64) -> Timestamp {
     let secs = i64::try_from(secs).unwrap_or(i64::MAX);
     at.checked_add(SignedDuration::from_secs(secs))
         .unwrap_or(Timestamp::MAX)

@@ -217,12 +217,7 @@ fn lock_duration_s(rules: &LockoutRules, previous_lockouts: u32) -> u64 {
         .map_or(cap, |secs| secs.min(cap))
 }
 
-/// `at + secs`, saturating at the end of time.
-fn after(at: Timestamp, secs: u64) -> Timestamp {
-    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    at.checked_add(SignedDuration::from_secs(secs))
-        .unwrap_or(Timestamp::MAX)
-}
+use crate::alarm::after;
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,6 @@
 
 use serde_json::{json, Value};
 
-use crate::codes::WipedJson;
-
 use super::{Answer, KeypadAction, KeypadInput, Parsed, TypedCode};
 use crate::alarm::{AlarmState, ArmMode};
 
@@ -14,17 +12,15 @@ pub fn parse(payload: &[u8]) -> Parsed {
     if payload.is_empty() {
         return Parsed::Ignore;
     }
-    let value = match WipedJson::parse(payload) {
-        Ok(v) => v,
-        Err(e) => {
-            let why = crate::admin::json_problem(&e);
-            return Parsed::Invalid(format!("the message is not valid JSON ({why})"));
-        }
+    let value = match super::json_object(
+        payload,
+        " like {\"code\": \"<digits>\", \"action\": \"arm_away\"}",
+    ) {
+        Ok(value) => value,
+        Err(invalid) => return invalid,
     };
     let Value::Object(map) = &value.0 else {
-        return Parsed::Invalid(
-            "the message must be a JSON object like {\"code\": \"<digits>\", \"action\": \"arm_away\"}".into(),
-        );
+        return Parsed::Ignore;
     };
     let action = match map.get("action") {
         None | Some(Value::Null) => KeypadAction::Toggle,

@@ -115,6 +115,21 @@ impl Answer {
     }
 }
 
+/// A keypad message that must be a JSON object: the object (wiped when dropped), or why not.
+/// The reason quotes nothing and gives no position (it would tell a code's length).
+fn json_object(payload: &[u8], shape: &str) -> Result<crate::codes::WipedJson, Parsed> {
+    let value = crate::codes::WipedJson::parse(payload).map_err(|e| {
+        let why = crate::admin::json_problem(&e);
+        Parsed::Invalid(format!("the message is not valid JSON ({why})"))
+    })?;
+    if !value.0.is_object() {
+        return Err(Parsed::Invalid(format!(
+            "the message must be a JSON object{shape}"
+        )));
+    }
+    Ok(value)
+}
+
 pub fn parse(protocol: KeypadProtocol, payload: &[u8]) -> Parsed {
     match protocol {
         KeypadProtocol::Zigbee2mqtt => zigbee2mqtt::parse(payload),

@@ -7,21 +7,16 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::codes::WipedJson;
-
 use super::{Answer, KeypadAction, KeypadInput, Parsed, TypedCode};
 use crate::alarm::{AlarmState, ArmMode};
 
 pub fn parse(payload: &[u8]) -> Parsed {
-    let value = match WipedJson::parse(payload) {
-        Ok(v) => v,
-        Err(e) => {
-            let why = crate::admin::json_problem(&e);
-            return Parsed::Invalid(format!("the message is not valid JSON ({why})"));
-        }
+    let value = match super::json_object(payload, "") {
+        Ok(value) => value,
+        Err(invalid) => return invalid,
     };
     let Value::Object(map) = &value.0 else {
-        return Parsed::Invalid("the message must be a JSON object".into());
+        return Parsed::Ignore;
     };
     let action = match map.get("action") {
         Some(Value::String(s)) if !s.is_empty() => s.as_str(),
