@@ -297,7 +297,10 @@ impl Daemon {
         if topic == self.topics.alarm_set {
             if retain {
                 if let Some(more) = self.quiet.allow("retained alarm command", mono) {
-                    tracing::warn!(more, "ignoring a retained command on {topic}: commands are live exchanges (and a retained code stays on the broker)");
+                    tracing::warn!(more, "ignoring a retained command on {topic}: commands are live exchanges; clearing it, so that no code stays on the broker");
+                }
+                if !payload.is_empty() {
+                    self.push(topic, Vec::new(), true);
                 }
             } else if !payload.is_empty() {
                 match ha_keypad::parse(payload) {
