@@ -25,6 +25,7 @@ use crate::lockout::{LockoutRules, Lockouts};
 use crate::mqtt::{self, MqttEvent, Publisher};
 use crate::panel::{self, Decision, Panel, Publish, Rules, Saved, Step, ALARM_STATE};
 use crate::store::{Change, Create, Store, StoreError};
+use crate::systemd::Systemd;
 use crate::topics::Topics;
 use crate::users::{Credential, User};
 
@@ -71,6 +72,8 @@ pub async fn run_with_store(
             .chain(bridges.iter().cloned())
             .collect(),
     };
+    let mut systemd = Systemd::from_env();
+    systemd.status(waiting_line(&config));
     let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, lanes)?;
     let mut daemon = Daemon {
         keypads: config
@@ -93,6 +96,8 @@ pub async fn run_with_store(
         queued_before_commit: 0,
         quiet: panel::Quiet::default(),
         duress: None,
+        systemd,
+        users: 0,
         last_discovery: None,
         last_panel_status: None,
     };
@@ -109,6 +114,9 @@ pub async fn run_with_store(
     daemon.tick(now).await;
 
     tokio::pin!(shutdown);
+    // WATCHDOG=1 comes from this loop, between messages: a loop that stalls stops it.
+    let watchdog = daemon.systemd.watchdog_every();
+    let mut alive = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     loop {
         let deadline = daemon.panel.next_deadline();
         let sleep = async move {
@@ -122,6 +130,7 @@ pub async fn run_with_store(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            _ = alive.tick(), if watchdog.is_some() => daemon.systemd.alive(),
             // Messages before deadlines: each message first advances the alarm to the time
             // it arrived, so a code typed before a deadline counts before it.
             event = inbox.next() => match event {
@@ -136,6 +145,7 @@ pub async fn run_with_store(
     }
 
     tracing::info!("shutting down");
+    daemon.systemd.stopping();
     // The inbox stays open until the connection task has sent `offline` and DISCONNECT. A
     // broker that is gone (or a full request queue) must not hold the shutdown up, and with
     // no connection there is nobody to tell (the broker publishes the last will itself).
@@ -198,6 +208,9 @@ struct Daemon {
     /// The current command's `auth` was a duress code: its silent event, recorded once the
     /// result is out.
     duress: Option<crate::events::Event>,
+    systemd: Systemd,
+    /// How many users the last roster had, for the status line.
+    users: usize,
     /// Log lines about input anyone may send, at most one a kind every 10 s.
     quiet: panel::Quiet,
     /// When discovery and the panel status were last re-sent on a status message: a flood of
@@ -227,6 +240,7 @@ impl Daemon {
         self.tick(at).await;
         match event {
             MqttEvent::Connected => self.subscribe().await,
+            MqttEvent::Lost => self.systemd.status(waiting_line(&self.config)),
             MqttEvent::Subscribed { refused } => {
                 for i in refused {
                     let topic = self.subscriptions.get(i).map_or("?", String::as_str);
@@ -276,6 +290,19 @@ impl Daemon {
                 .extend(self.panel.panel_status(Timestamp::now()));
             self.announced = true;
         }
+        // `online` and the state are queued: systemd hears READY=1 once they are out.
+        self.flush().await;
+        let line = self.status_line();
+        self.systemd.ready(line);
+    }
+
+    /// What `systemctl status` shows while connected.
+    fn status_line(&self) -> String {
+        format!(
+            "online, {}, {} users",
+            self.panel.state().as_str(),
+            self.users
+        )
     }
 
     async fn flush(&mut self) {
@@ -396,6 +423,10 @@ impl Daemon {
             Err(_) => {}
         }
         if decision.save_state {
+            if self.publisher.is_connected() {
+                let line = self.status_line();
+                self.systemd.status(line);
+            }
             let saved = self.panel.saved();
             let store = self.store.clone();
             if let Err(e) = blocking(move || store.save_alarm(&saved)).await {
@@ -462,6 +493,7 @@ impl Daemon {
         let store = self.store.clone();
         match blocking(move || store.users()).await {
             Ok(users) => {
+                self.users = users.len();
                 let roster: Vec<_> = users.iter().map(User::roster_entry).collect();
                 let payload = json!({ "users": roster }).to_string();
                 self.push(&self.topics.config_users.clone(), payload, true);
@@ -674,6 +706,14 @@ impl Daemon {
         }
         Ok(applied.result)
     }
+}
+
+/// The status line while there is no connection.
+fn waiting_line(config: &Config) -> String {
+    format!(
+        "waiting for the broker at {}:{}",
+        config.mqtt.host, config.mqtt.port
+    )
 }
 
 /// Runs blocking work (Argon2, sled, fsync) off the runtime; a panic there becomes an error.

@@ -39,5 +39,6 @@ pub mod lockout;
 pub mod mqtt;
 pub mod panel;
 pub mod store;
+pub mod systemd;
 pub mod topics;
 pub mod users;

@@ -116,11 +116,53 @@ fn init_tracing(level: &str) {
         // sled's debug and trace records print keys and values: the lookup keys of codes
         // checked, user records, the site salt. Never below warnings, whatever RUST_LOG says.
         .add_directive("sled=warn".parse().expect("a valid directive"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd, stderr goes to journald: no colours, no timestamp of our own (journald
+        // adds one), and each line starts with its syslog priority (`<4>` for a warning), so
+        // that `journalctl -p warning` filters it.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(Journald(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_level(false),
+            ))
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// A line format for journald: the syslog priority prefix (sd-daemon(3)), then the line.
+struct Journald<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 fn run_daemon(config: config::Config) -> anyhow::Result<()> {

@@ -61,6 +61,8 @@ const KEPT_PAYLOAD: usize = crate::admin::MAX_PAYLOAD + 1;
 pub enum MqttEvent {
     /// A (re)connection was accepted: subscribe again.
     Connected,
+    /// The connection failed or dropped; the task retries with its backoff.
+    Lost,
     /// The broker answered a subscription request; the positions of the refused filters.
     Subscribed { refused: Vec<usize> },
     Message {
@@ -456,9 +458,12 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::Disconnect)) if closing.load(Ordering::Relaxed) => return,
             Ok(_) => {}
             Err(e) => {
-                connected.store(false, Ordering::Relaxed);
+                let was_connected = connected.swap(false, Ordering::Relaxed);
                 if control.is_closed() || closing.load(Ordering::Relaxed) {
                     return;
+                }
+                if was_connected {
+                    let _ = control.send(MqttEvent::Lost);
                 }
                 let hint = if let ConnectionError::MqttState(StateError::Deserialization(
                     mqttbytes::Error::PayloadSizeLimitExceeded { .. },

@@ -473,6 +473,11 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub fn start(site: &Site, rust_log: &str) -> DaemonProcess {
+        DaemonProcess::start_with_env(site, rust_log, &[])
+    }
+
+    /// As [`DaemonProcess::start`], with more environment variables (e.g. systemd's).
+    pub fn start_with_env(site: &Site, rust_log: &str, env: &[(&str, &str)]) -> DaemonProcess {
         let log = site
             .dir
             .path()
@@ -483,6 +488,10 @@ impl DaemonProcess {
             .arg(site.config_path())
             .arg("run")
             .env("RUST_LOG", rust_log)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
