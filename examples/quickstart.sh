@@ -62,9 +62,25 @@ echo "== building keypad-bridge"
 cargo build --release
 bin="${CARGO_TARGET_DIR:-target}/release/keypad-bridge"
 
-if ! "$bin" --config "$config" users 2>/dev/null | grep -q ' master '; then
+# The roster is read whole into a variable, not piped into grep: the question must not depend
+# on when a pipe closes. No store yet is the one failure that means "create the master".
+errors=$(mktemp)
+if roster=$("$bin" --config "$config" users 2>"$errors"); then
+  rm -f "$errors"
+else
+  problem=$(cat "$errors"); rm -f "$errors"
+  case "$problem" in
+    *"there is no store"*) roster="" ;;
+    *) echo "quickstart: $problem" >&2; exit 1 ;;
+  esac
+fi
+if [[ "$roster" != *" master "* ]]; then
   echo "== creating the main code for Alice (4 to 6 digits; typed twice, not shown)"
-  "$bin" --config "$config" init --name Alice
+  # init asks again after a typo; this loop only covers a code refused for being taken.
+  until "$bin" --config "$config" init --name Alice; do
+    [ -t 0 ] || exit 1
+    echo "== let us try that again (Ctrl-C to give up)"
+  done
 fi
 
 echo "== running the daemon (Ctrl-C to stop); in another terminal try:"

@@ -102,11 +102,32 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             let user = cli::reset_master(&config, || cli::read_code("New main code"))?;
             println!("The master user {:?} has a new code.", user.name);
         }
-        Command::Users => cli::users(&config, stdout)?,
-        Command::Activity { limit } => cli::activity(&config, limit, stdout)?,
-        Command::Unlock { source } => cli::unlock(&config, source.as_deref(), stdout)?,
+        Command::Users => closed_stdout_is_the_end(cli::users(&config, stdout))?,
+        Command::Activity { limit } => {
+            closed_stdout_is_the_end(cli::activity(&config, limit, stdout))?
+        }
+        Command::Unlock { source } => {
+            closed_stdout_is_the_end(cli::unlock(&config, source.as_deref(), stdout))?
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reader that stops reading (`users | head -1`, `grep -q`) ends a listing normally: what
+/// it wanted has been written, and a listing changes nothing that a closed pipe could cut short.
+fn closed_stdout_is_the_end(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Logs go to stderr (journald keeps them); `RUST_LOG` wins over `log.level`.

@@ -641,3 +641,35 @@ fn check_config_and_run_refuse_a_keypad_on_a_topic_the_bridge_uses_for_something
         );
     }
 }
+
+/// Runs a CLI command whose stdout is a pipe nobody reads any more (`users | grep -q`,
+/// `activity | head -1` after the reader has left); returns (success, stderr).
+fn cli_into_a_closed_pipe(site: &Site, args: &[&str]) -> (bool, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+        .arg("--config")
+        .arg(site.config_path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_is_a_normal_end_for_every_listing_command() {
+    let site = Site::new(1);
+    site.init("Alice", "1234");
+    for args in [&["users"][..], &["activity"][..], &["unlock"][..]] {
+        let (ok, err) = cli_into_a_closed_pipe(&site, args);
+        assert!(ok, "{args:?} should end normally: {err}");
+        assert!(err.is_empty(), "{args:?} should print nothing: {err}");
+    }
+}
