@@ -867,3 +867,35 @@ fn a_duress_code_used_as_auth_does_not_show_in_the_activity_it_reads() {
         .count();
     assert_eq!(duress_seen, 2, "{r}");
 }
+
+#[test]
+fn a_result_warns_of_a_date_already_past_and_the_replay_says_it_again() {
+    let w = World::start(|_| {});
+    let r = add(
+        &w,
+        "late",
+        json!({"name": "Contractor", "code": "8642", "valid_until": "2020-01-01T00:00:00Z"}),
+    );
+    ok(&r);
+    let warnings = r["warnings"].as_array().expect("a warnings array");
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("valid_until is already past"),
+        "{r}"
+    );
+    let r = add(
+        &w,
+        "late",
+        json!({"name": "Contractor", "code": "8642", "valid_until": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(
+        (r["replayed"].clone(), r["warnings"].clone()),
+        (json!(true), json!(warnings))
+    );
+    let r = add(&w, "fine", json!({"name": "Bob", "code": "2468"}));
+    ok(&r);
+    assert!(r.get("warnings").is_none(), "absent when empty: {r}");
+}

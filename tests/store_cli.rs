@@ -78,6 +78,20 @@ fn init_refuses_a_malformed_code_in_plain_words() {
 }
 
 #[test]
+fn init_and_reset_master_warn_of_one_of_the_commonest_pins_without_printing_it() {
+    let site = Site::new(1);
+    let (ok, out, err) = site.cli(&["init", "--name", "Alice"], "1111\n");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: the code is one of the commonest PINs"),
+        "{err}"
+    );
+    assert!(!out.contains("1111") && !err.contains("1111"), "{out}{err}");
+    let (ok, _, err) = site.cli(&["reset-master"], "80246\n");
+    assert!(ok && err.is_empty(), "{err}");
+}
+
+#[test]
 fn offline_commands_on_a_missing_store_say_how_to_create_it() {
     let site = Site::new(1);
     for cmd in [&["users"][..], &["activity"][..], &["reset-master"][..]] {
