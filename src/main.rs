@@ -1,7 +1,7 @@
 //! The `keypad-bridge` command: parse the CLI, set up logging, load the config, run.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{ErrorKind, IsTerminal};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -68,18 +68,18 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let command = args.command.unwrap_or(Command::Run);
     if let Command::CheckConfig = command {
-        return Ok(match config::load(&args.config) {
+        return Ok(match load_config(&args.config) {
             Ok(_) => {
                 println!("{}: the config is valid", args.config.display());
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("{:#}", anyhow::Error::from(err));
+                eprintln!("{err:#}");
                 ExitCode::FAILURE
             }
         });
     }
-    let config = config::load(&args.config)?;
+    let config = load_config(&args.config)?;
     let level = match command {
         Command::Run => config.log.level.as_str(),
         _ => "warn",
@@ -128,6 +128,23 @@ fn closed_stdout_is_the_end(result: anyhow::Result<()>) -> anyhow::Result<()> {
         }
         other => other,
     }
+}
+
+/// The config at `path`; when there is no file there, the error says how to point at one.
+fn load_config(path: &Path) -> anyhow::Result<config::Config> {
+    config::load(path).map_err(|err| {
+        let err = anyhow::Error::from(err);
+        let missing = std::fs::metadata(path).is_err_and(|e| e.kind() == ErrorKind::NotFound);
+        if !missing {
+            return err;
+        }
+        anyhow::anyhow!(
+            "{err:#}\n  Point at your config file with `--config PATH` or the environment \
+             variable KEYPAD_BRIDGE_CONFIG=PATH. A commented example with every key is \
+             config.example.yaml at the top of the source tree (the quick start runs \
+             `keypad-bridge --config config.example.yaml`)."
+        )
+    })
 }
 
 /// Logs go to stderr (journald keeps them); `RUST_LOG` wins over `log.level`.

@@ -687,3 +687,26 @@ fn a_closed_stdout_is_a_normal_end_for_every_listing_command() {
         assert!(err.is_empty(), "{args:?} should print nothing: {err}");
     }
 }
+
+#[test]
+fn no_config_file_says_how_to_point_at_one_and_where_the_example_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("config.yaml");
+    for args in [&[][..], &["check-config"][..], &["users"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+            .arg("--config")
+            .arg(&nowhere)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(&nowhere.display().to_string()), "{err}");
+        assert!(
+            err.contains("--config PATH")
+                && err.contains("KEYPAD_BRIDGE_CONFIG")
+                && err.contains("config.example.yaml"),
+            "{args:?}: {err}"
+        );
+    }
+}
