@@ -159,7 +159,8 @@ fn every_entry_is_in_the_activity_log_shown_by_the_cli() {
     // The offline CLI refuses while the daemon holds the store...
     let (ok, _, err) = w.site.cli(&["activity"], "");
     assert!(!ok);
-    assert!(err.contains("in use by another process"), "{err}");
+    let holder = format!("held by another keypad-bridge (pid {})", w.daemon.pid());
+    assert!(err.contains(&holder), "{err}");
     // ...and works once it is stopped.
     assert!(w.daemon.stop());
     let (ok, out, err) = w.site.cli(&["activity", "--limit", "10"], "");

@@ -282,6 +282,22 @@ fn a_secret_without_its_store_is_a_lost_store_not_a_first_start() {
     );
     let (ok, _, err) = site.cli(&["init"], "5678\n");
     assert!(!ok && err.contains("seems lost"), "{err}");
+    // Every command gives the one hint that works: init and the daemon refuse, so none of
+    // them suggests those.
+    for cmd in [
+        &["users"][..],
+        &["activity"][..],
+        &["reset-master"][..],
+        &["unlock"][..],
+    ] {
+        let (ok, _, err) = site.cli(cmd, "5678\n");
+        assert!(!ok && err.contains("seems lost"), "{cmd:?}: {err}");
+        assert!(
+            err.contains("Restore it from your backup"),
+            "{cmd:?}: {err}"
+        );
+        assert!(!err.contains("keypad-bridge init"), "{cmd:?}: {err}");
+    }
 }
 
 #[test]
@@ -442,7 +458,9 @@ fn unlock_lifts_the_admin_lockout_that_survived_a_restart_and_logs_it() {
     lock_the_admin_channel_and_count_against_the_back_keypad(&w);
     // While the daemon holds the store, the offline command refuses plainly.
     let (ok, _, err) = w.site.cli(&["unlock", "admin"], "");
-    assert!(!ok && err.contains("in use by another process"), "{err}");
+    let holder = format!("held by another keypad-bridge (pid {})", w.daemon.pid());
+    assert!(!ok && err.contains(&holder), "{err}");
+    assert!(err.contains(&format!("`kill {}`", w.daemon.pid())), "{err}");
     assert!(w.daemon.stop());
 
     let (ok, out, err) = w.site.cli(&["unlock", "admin"], "");
