@@ -76,11 +76,9 @@ else
 fi
 if [[ "$roster" != *" master "* ]]; then
   echo "== creating the main code for Alice (4 to 6 digits; typed twice, not shown)"
-  # init asks again after a typo; this loop only covers a code refused for being taken.
-  until "$bin" --config "$config" init --name Alice; do
-    [ -t 0 ] || exit 1
-    echo "== let us try that again (Ctrl-C to give up)"
-  done
+  # On a terminal, init checks the code's format before asking for it a second time, and
+  # asks again after a typo (three tries).
+  "$bin" --config "$config" init --name Alice
 fi
 
 echo "== running the daemon (Ctrl-C to stop); in another terminal try:"

@@ -20,15 +20,22 @@ use crate::users::{DenyReason, Role, User};
 
 const SOURCE: &str = admin::LOCAL_SOURCE;
 
-/// Reads a code: twice without echo on a terminal, else once from stdin.
-pub fn read_code(prompt: &str) -> anyhow::Result<String> {
+/// How many times a terminal asks for a code before giving up.
+const TRIES: usize = 3;
+
+/// Reads a code: on a terminal without echo, checked by `check` before it is asked a second
+/// time, and asked again (up to [`TRIES`] times) after a typo; else once from stdin.
+pub fn read_code(
+    prompt: &str,
+    check: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("{prompt}: "))?;
-        let second = rpassword::prompt_password("The same code again: ")?;
-        if first != second {
-            bail!("the two codes differ; nothing was changed");
-        }
-        Ok(first)
+        ask_twice(
+            &mut |p| rpassword::prompt_password(p),
+            &mut std::io::stderr(),
+            prompt,
+            check,
+        )
     } else {
         let mut text = String::new();
         std::io::stdin()
@@ -39,6 +46,37 @@ pub fn read_code(prompt: &str) -> anyhow::Result<String> {
         }
         Ok(text)
     }
+}
+
+/// The terminal dialogue of [`read_code`]: `ask` shows a prompt and reads a line unechoed,
+/// `tell` gets what went wrong (never the code).
+fn ask_twice(
+    ask: &mut dyn FnMut(&str) -> std::io::Result<String>,
+    tell: &mut dyn Write,
+    prompt: &str,
+    check: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    for _ in 0..TRIES {
+        let first = ask(&format!("{prompt}: "))?;
+        if let Err(e) = check(&first) {
+            writeln!(tell, "{e:#}; try again")?;
+            continue;
+        }
+        let second = ask("The same code again: ")?;
+        if first != second {
+            writeln!(tell, "the two codes differ; try again")?;
+            continue;
+        }
+        return Ok(first);
+    }
+    bail!("no code after {TRIES} tries; nothing was changed")
+}
+
+/// Whether `raw` passes the config's code format, in the words of the prompts.
+pub fn check_format(config: &Config, raw: &str) -> anyhow::Result<()> {
+    Code::parse(raw, config.codes.min_length, config.codes.max_length)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("that code cannot be used: {e}"))
 }
 
 fn parse_code(config: &Config, raw: &str) -> anyhow::Result<Code> {
@@ -359,6 +397,46 @@ mod tests {
         let sources: Vec<_> = events.iter().map(|e| e.source.as_deref()).collect();
         assert!(sources.iter().all(|s| *s == Some("cli")), "{sources:?}");
         assert!(events.iter().all(|e| e.by.is_none()));
+    }
+
+    /// Plays a terminal: the lines typed in turn, and every prompt shown.
+    fn dialogue(typed: &[&str]) -> (anyhow::Result<String>, Vec<String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut typed = typed.iter();
+        let mut prompts = Vec::new();
+        let mut told = Vec::new();
+        let got = ask_twice(
+            &mut |p| {
+                prompts.push(p.to_owned());
+                Ok(typed.next().expect("asked once too often").to_string())
+            },
+            &mut told,
+            "Main code",
+            |raw| check_format(&config, raw),
+        );
+        (got, prompts, String::from_utf8(told).unwrap())
+    }
+
+    #[test]
+    fn a_malformed_code_is_refused_before_it_is_asked_again_and_a_typo_asks_again() {
+        let (got, prompts, told) = dialogue(&["123", "4826", "4862", "4826", "4826"]);
+        assert_eq!(got.unwrap(), "4826");
+        let again = "The same code again: ";
+        assert_eq!(
+            prompts,
+            ["Main code: ", "Main code: ", again, "Main code: ", again],
+            "a 3-digit code is refused at once, a mismatch asks from the start"
+        );
+        assert!(told.contains("that code cannot be used: a code has 4 to 6 digits; try again"));
+        assert!(told.contains("the two codes differ; try again"), "{told}");
+        assert!(!told.contains("123") && !told.contains("48"), "{told}");
+        let (got, prompts, _) = dialogue(&["1", "22", "333"]);
+        assert!(got
+            .unwrap_err()
+            .to_string()
+            .contains("no code after 3 tries"));
+        assert_eq!(prompts.len(), 3);
     }
 
     #[test]

@@ -90,7 +90,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run => run_daemon(config)?,
         Command::CheckConfig => unreachable!("handled above"),
         Command::Init { name } => {
-            let user = cli::init(&config, &name, || cli::read_code("Main code"))?;
+            let user = cli::init(&config, &name, || {
+                cli::read_code("Main code", |raw| cli::check_format(&config, raw))
+            })?;
             println!(
                 "Created the master user {:?} ({}). Keep a backup of the secret file {}.",
                 user.name,
@@ -99,7 +101,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
         Command::ResetMaster => {
-            let user = cli::reset_master(&config, || cli::read_code("New main code"))?;
+            let user = cli::reset_master(&config, || {
+                cli::read_code("New main code", |raw| cli::check_format(&config, raw))
+            })?;
             println!("The master user {:?} has a new code.", user.name);
         }
         Command::Users => closed_stdout_is_the_end(cli::users(&config, stdout))?,
