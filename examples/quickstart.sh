@@ -36,14 +36,16 @@ broker_status() {
   echo "$rc"
 }
 rc=$(broker_status)
+started_broker=""
 if [ "$rc" != 27 ] && [ "$rc" != 0 ] && [ "$rc" != 5 ]; then
   echo "== starting a local broker on localhost:1883"
   if command -v systemctl >/dev/null 2>&1 && as_root systemctl start mosquitto 2>/dev/null; then
-    :
+    started_broker="sudo systemctl stop mosquitto"
   else
     # No systemd (a container): run Debian's mosquitto in the background, localhost only.
     mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     "$mosquitto_bin" -d -p 1883
+    started_broker="kill \$(pidof mosquitto)"
   fi
   for _ in $(seq 1 50); do
     rc=$(broker_status)
@@ -81,7 +83,11 @@ if [[ "$roster" != *" master "* ]]; then
   "$bin" --config "$config" init --name Alice
 fi
 
-echo "== running the daemon (Ctrl-C to stop); in another terminal try:"
-echo "   mosquitto_sub -v -t 'keypad-bridge/#'"
+if [ -n "$started_broker" ]; then
+  echo "== the broker started here keeps running after Ctrl-C; to stop it: $started_broker"
+fi
+echo "== running the daemon (Ctrl-C to stop); in another terminal try (-T leaves out the"
+echo "   admin commands, which carry codes):"
+echo "   mosquitto_sub -v -t 'keypad-bridge/#' -T 'keypad-bridge/config/set'"
 echo "   mosquitto_pub -t keypad-front/code -m '{\"code\": \"<your code>\", \"action\": \"arm_away\"}'"
 exec "$bin" --config "$config" run

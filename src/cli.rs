@@ -204,10 +204,8 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
 fn write_users(users: &[User], now: Timestamp, out: &mut dyn Write) -> anyhow::Result<()> {
     let row = |out: &mut dyn Write, cells: [&str; 7]| {
         let [id, name, role, status, code, uses, rules] = cells;
-        writeln!(
-            out,
-            "{id:<10} {name:<20} {role:<8} {status:<8} {code:<7} {uses:<5} {rules}"
-        )
+        let line = format!("{id:<10} {name:<20} {role:<8} {status:<8} {code:<7} {uses:<5} {rules}");
+        writeln!(out, "{}", line.trim_end())
     };
     row(
         out,
