@@ -382,7 +382,7 @@ fn a_retained_command_published_while_the_daemon_is_down_is_applied_once_at_star
     assert_eq!(result["ok"], true, "{result}");
     assert!(daemon.stop());
     let (_, out, _) = site.cli(&["users"], "");
-    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(out.lines().count(), 1 + 2, "a header and two people: {out}");
     let _daemon = site.start();
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
     let late = Probe::connect(broker.port, &[&site.topic("config/set")]);
@@ -627,7 +627,7 @@ fn a_change_is_on_disk_before_its_result_is_published() {
     w.daemon.kill();
     let (ok_, out, err) = w.site.cli(&["users"], "");
     assert!(ok_, "{err}");
-    assert_eq!(out.lines().count(), 6, "{out}");
+    assert_eq!(out.lines().count(), 1 + 6, "a header and six people: {out}");
     w.daemon = w.site.start();
     w.probe
         .wait_for(&w.topic("status"), |m| m.text() == "online");
