@@ -36,14 +36,16 @@ broker_status() {
   echo "$rc"
 }
 rc=$(broker_status)
+started_broker=""
 if [ "$rc" != 27 ] && [ "$rc" != 0 ] && [ "$rc" != 5 ]; then
   echo "== starting a local broker on localhost:1883"
   if command -v systemctl >/dev/null 2>&1 && as_root systemctl start mosquitto 2>/dev/null; then
-    :
+    started_broker="sudo systemctl stop mosquitto"
   else
     # No systemd (a container): run Debian's mosquitto in the background, localhost only.
     mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     "$mosquitto_bin" -d -p 1883
+    started_broker="kill \$(pidof mosquitto)"
   fi
   for _ in $(seq 1 50); do
     rc=$(broker_status)
@@ -62,12 +64,30 @@ echo "== building keypad-bridge"
 cargo build --release
 bin="${CARGO_TARGET_DIR:-target}/release/keypad-bridge"
 
-if ! "$bin" --config "$config" users 2>/dev/null | grep -q ' master '; then
+# The roster is read whole into a variable, not piped into grep: the question must not depend
+# on when a pipe closes. No store yet is the one failure that means "create the master".
+errors=$(mktemp)
+if roster=$("$bin" --config "$config" users 2>"$errors"); then
+  rm -f "$errors"
+else
+  problem=$(cat "$errors"); rm -f "$errors"
+  case "$problem" in
+    *"there is no store"*) roster="" ;;
+    *) echo "quickstart: $problem" >&2; exit 1 ;;
+  esac
+fi
+if [[ "$roster" != *" master "* ]]; then
   echo "== creating the main code for Alice (4 to 6 digits; typed twice, not shown)"
+  # On a terminal, init checks the code's format before asking for it a second time, and
+  # asks again after a typo (three tries).
   "$bin" --config "$config" init --name Alice
 fi
 
-echo "== running the daemon (Ctrl-C to stop); in another terminal try:"
-echo "   mosquitto_sub -v -t 'keypad-bridge/#'"
+if [ -n "$started_broker" ]; then
+  echo "== the broker started here keeps running after Ctrl-C; to stop it: $started_broker"
+fi
+echo "== running the daemon (Ctrl-C to stop); in another terminal try (-T leaves out the"
+echo "   admin commands, which carry codes):"
+echo "   mosquitto_sub -v -t 'keypad-bridge/#' -T 'keypad-bridge/config/set'"
 echo "   mosquitto_pub -t keypad-front/code -m '{\"code\": \"<your code>\", \"action\": \"arm_away\"}'"
 exec "$bin" --config "$config" run

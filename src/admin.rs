@@ -614,6 +614,8 @@ pub struct Applied {
 pub struct Decision {
     pub change: Option<Change>,
     pub report: Report,
+    /// Accepted but probably not meant (DESIGN 10c), in plain words; never a code.
+    pub warnings: Vec<String>,
 }
 
 /// What a success result carries besides `id`, `ok` and `command`.
@@ -666,9 +668,13 @@ pub fn apply(
     authority: &Authority,
 ) -> Result<Applied, CommandError> {
     let decision = decide(ctx, &request.command, authority)?;
+    let mut body = decision.report.body();
+    if !decision.warnings.is_empty() {
+        body.insert("warnings".into(), json!(decision.warnings));
+    }
     Ok(Applied {
         change: decision.change,
-        result: success(request, decision.report.body()),
+        result: success(request, body),
     })
 }
 
@@ -709,6 +715,7 @@ pub fn decide(
         AdminCommand::ListUsers => Ok(Decision {
             change: None,
             report: Report::Users(ctx.store.users()?),
+            warnings: Vec::new(),
         }),
         AdminCommand::Activity {
             limit,
@@ -758,6 +765,56 @@ pub fn user_name(raw: &str) -> Result<String, &'static str> {
         return Err("cannot contain control characters");
     }
     Ok(name.to_owned())
+}
+
+/// What DESIGN 10c warns about in a user as a command leaves them, and in the code it gives
+/// them: rules that make the code useless (a `valid_until` already past, a `valid_from` more
+/// than a year ahead, a schedule that allows no time) and one of the commonest PINs. The words
+/// never hold a code, nor the value of a field.
+fn warnings(user: &User, code: Option<(&Code, Credential)>, now: Timestamp) -> Vec<String> {
+    let mut warnings = Vec::new();
+    // No rule binds the master.
+    if user.role != Role::Master {
+        if user.valid_until.is_some_and(|until| until <= now) {
+            warnings.push(
+                "valid_until is already past: the code will be refused at every keypad".to_owned(),
+            );
+        }
+        let a_year = jiff::SignedDuration::from_hours(366 * 24);
+        if user
+            .valid_from
+            .is_some_and(|from| from.duration_since(now) > a_year)
+        {
+            warnings.push(
+                "valid_from is more than a year ahead: the code will be refused until then"
+                    .to_owned(),
+            );
+        }
+        if let Some(windows) = &user.schedule {
+            if windows.is_empty() {
+                warnings.push(
+                    "the schedule has no window: the code will be refused at any time (null \
+                     lifts the schedule)"
+                        .to_owned(),
+                );
+            } else if windows.iter().any(|w| w.days.is_empty() || w.from == w.to) {
+                warnings.push("a schedule window has zero length: it allows no time".to_owned());
+            }
+        }
+    }
+    if let Some((code, which)) = code {
+        if code.is_common() {
+            let what = match which {
+                Credential::Code => "the code",
+                Credential::Duress => "the duress code",
+            };
+            warnings.push(format!(
+                "{what} is one of the commonest PINs, the first a guesser tries: choose another \
+                 one"
+            ));
+        }
+    }
+    warnings
 }
 
 /// One command's decision: the context and on whose behalf.
@@ -819,10 +876,18 @@ impl Decider<'_> {
         }
     }
 
-    fn changed(user: User, change: Change) -> Result<Decision, CommandError> {
+    /// A changed user; `code` is the code or duress code the command gives them, if any.
+    fn changed(
+        &self,
+        user: User,
+        change: Change,
+        code: Option<(&Code, Credential)>,
+    ) -> Result<Decision, CommandError> {
+        let warnings = warnings(&user, code, self.ctx.now);
         Ok(Decision {
             change: Some(change),
             report: Report::User(Box::new(user)),
+            warnings,
         })
     }
 
@@ -846,7 +911,7 @@ impl Decider<'_> {
             change.events.push(self.event(EventType::CodeSet, &user));
         }
         change.put_users.push(user.clone());
-        Self::changed(user, change)
+        self.changed(user, change, code.map(|c| (c, Credential::Code)))
     }
 
     fn update_user(
@@ -882,7 +947,7 @@ impl Decider<'_> {
             .events
             .push(self.event(EventType::UserUpdated, &user));
         change.put_users.push(user.clone());
-        Self::changed(user, change)
+        self.changed(user, change, None)
     }
 
     fn set_code(&self, who: &str, code: &Code) -> Result<Decision, CommandError> {
@@ -891,7 +956,7 @@ impl Decider<'_> {
         let key = self.free_key(code, Some((&user.id, Credential::Code)))?;
         let mut change = Change::recode(&mut user, key, self.ctx.now);
         change.events.push(self.event(EventType::CodeSet, &user));
-        Self::changed(user, change)
+        self.changed(user, change, Some((code, Credential::Code)))
     }
 
     /// A person's duress code (DESIGN 10a): unique across every code and duress code.
@@ -908,7 +973,7 @@ impl Decider<'_> {
         let mut set = self.event(EventType::CodeSet, &user);
         set.which = Some("duress".into());
         change.events.push(set);
-        Self::changed(user, change)
+        self.changed(user, change, Some((code, Credential::Duress)))
     }
 
     fn simple(&self, who: &str, what: Simple) -> Result<Decision, CommandError> {
@@ -964,7 +1029,11 @@ impl Decider<'_> {
         if !matches!(what, Simple::Delete) {
             change.put_users.push(user.clone());
         }
-        Self::changed(user, change)
+        Ok(Decision {
+            change: Some(change),
+            report: Report::User(Box::new(user)),
+            warnings: Vec::new(),
+        })
     }
 
     fn activity(
@@ -997,6 +1066,7 @@ impl Decider<'_> {
         Ok(Decision {
             change: None,
             report: Report::Entries(entries),
+            warnings: Vec::new(),
         })
     }
 }
@@ -1477,6 +1547,84 @@ mod tests {
                 Err(e) => e.kind(),
             }
         }
+    }
+
+    /// DESIGN 10c: accepted, but said to be probably not meant; never the code itself.
+    #[test]
+    fn results_warn_of_past_dates_far_starts_empty_schedules_and_the_commonest_pins() {
+        let mut site = Site::household();
+        let alice = site.user("Alice");
+        let warned = |site: &mut Site, command: Value| -> Vec<String> {
+            site.run(&alice, command).unwrap().warnings
+        };
+        let past = "2026-11-27T18:00:00Z"; // before the site's clock (2027-01-15)
+        let w = warned(
+            &mut site,
+            json!({"command": "add_user", "name": "Con", "code": "8642", "valid_until": past}),
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("valid_until is already past"), "{w:?}");
+        let far = "2029-01-01T00:00:00Z";
+        let w = warned(
+            &mut site,
+            json!({"command": "update_user", "user": "Carol", "valid_from": far}),
+        );
+        assert!(
+            w.iter().any(|w| w.contains("more than a year ahead")),
+            "{w:?}"
+        );
+        let w = warned(
+            &mut site,
+            json!({"command": "update_user", "user": "Carol", "valid_from": null, "schedule": []}),
+        );
+        assert!(w.iter().any(|w| w.contains("no window")), "{w:?}");
+        let w = warned(
+            &mut site,
+            json!({"command": "set_code", "user": "Con", "code": "0000"}),
+        );
+        assert!(
+            w.iter().any(|w| w.contains("one of the commonest PINs")),
+            "{w:?}"
+        );
+        let w = warned(
+            &mut site,
+            json!({"command": "set_duress_code", "user": "Carol", "code": "6969"}),
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("the duress code is one of the commonest")),
+            "{w:?}"
+        );
+        assert!(w.iter().all(|w| !w.contains("6969")), "{w:?}");
+        // Nothing to say: no warnings, and the result has no `warnings` key at all.
+        let ok = warned(
+            &mut site,
+            json!({"command": "add_user", "name": "Dan", "code": "8531"}),
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let soon = "2027-01-20T00:00:00Z";
+        let ok = warned(
+            &mut site,
+            json!({"command": "update_user", "user": "Dan", "valid_until": soon}),
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let ctx = Context {
+            store: &site.users,
+            keyer: &site.keyer,
+            now: site.now,
+            under_duress: false,
+        };
+        let quiet = parsed(json!({"command": "set_code", "user": "Dan", "code": "8532"})).unwrap();
+        let result = apply(&ctx, &quiet, &alice).unwrap().result;
+        assert!(result.get("warnings").is_none(), "{result}");
+        let loud = parsed(json!({"command": "set_code", "user": "Dan", "code": "4321"})).unwrap();
+        let result = apply(&ctx, &loud, &alice).unwrap().result;
+        assert_eq!(
+            result["warnings"].as_array().map(Vec::len),
+            Some(1),
+            "{result}"
+        );
+        assert!(!result.to_string().contains("4321"), "{result}");
     }
 
     /// The rules table: who may do what, to the master and to anyone else. Columns: the

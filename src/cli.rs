@@ -16,19 +16,26 @@ use crate::config::Config;
 use crate::events::{Event, EventType};
 use crate::lockout::{self, LockoutRules, Lockouts};
 use crate::store::{Change, Create, Store, StoreError};
-use crate::users::{Role, User};
+use crate::users::{DenyReason, Role, User};
 
 const SOURCE: &str = admin::LOCAL_SOURCE;
 
-/// Reads a code: twice without echo on a terminal, else once from stdin.
-pub fn read_code(prompt: &str) -> anyhow::Result<String> {
+/// How many times a terminal asks for a code before giving up.
+const TRIES: usize = 3;
+
+/// Reads a code: on a terminal without echo, checked by `check` before it is asked a second
+/// time, and asked again (up to [`TRIES`] times) after a typo; else once from stdin.
+pub fn read_code(
+    prompt: &str,
+    check: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("{prompt}: "))?;
-        let second = rpassword::prompt_password("The same code again: ")?;
-        if first != second {
-            bail!("the two codes differ; nothing was changed");
-        }
-        Ok(first)
+        ask_twice(
+            &mut |p| rpassword::prompt_password(p),
+            &mut std::io::stderr(),
+            prompt,
+            check,
+        )
     } else {
         let mut text = String::new();
         std::io::stdin()
@@ -39,6 +46,37 @@ pub fn read_code(prompt: &str) -> anyhow::Result<String> {
         }
         Ok(text)
     }
+}
+
+/// The terminal dialogue of [`read_code`]: `ask` shows a prompt and reads a line unechoed,
+/// `tell` gets what went wrong (never the code).
+fn ask_twice(
+    ask: &mut dyn FnMut(&str) -> std::io::Result<String>,
+    tell: &mut dyn Write,
+    prompt: &str,
+    check: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    for _ in 0..TRIES {
+        let first = ask(&format!("{prompt}: "))?;
+        if let Err(e) = check(&first) {
+            writeln!(tell, "{e:#}; try again")?;
+            continue;
+        }
+        let second = ask("The same code again: ")?;
+        if first != second {
+            writeln!(tell, "the two codes differ; try again")?;
+            continue;
+        }
+        return Ok(first);
+    }
+    bail!("no code after {TRIES} tries; nothing was changed")
+}
+
+/// Whether `raw` passes the config's code format, in the words of the prompts.
+pub fn check_format(config: &Config, raw: &str) -> anyhow::Result<()> {
+    Code::parse(raw, config.codes.min_length, config.codes.max_length)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("that code cannot be used: {e}"))
 }
 
 fn parse_code(config: &Config, raw: &str) -> anyhow::Result<Code> {
@@ -108,7 +146,7 @@ pub fn reset_master(
 }
 
 /// Decides a command as [`Authority::Local`], under the rules of `B/config/set`, and commits
-/// it; `refusal` words a refused one for the terminal.
+/// it; `refusal` words a refused one for the terminal. Its warnings go to stderr.
 fn run_locally(
     store: &Store,
     command: &AdminCommand,
@@ -123,6 +161,9 @@ fn run_locally(
     let decision = admin::decide(&ctx, command, &Authority::Local).map_err(refusal)?;
     if let Some(change) = decision.change {
         store.commit(change)?;
+    }
+    for warning in &decision.warnings {
+        eprintln!("warning: {warning}");
     }
     match decision.report {
         Report::User(user) => Ok(*user),
@@ -153,7 +194,23 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
             out,
             "no users yet: create the master with `keypad-bridge init`"
         )?;
+        return Ok(());
     }
+    write_users(&users, Timestamp::now(), out)
+}
+
+/// The `users` table: a header row, then one line per user; a user whose rules refuse the
+/// code at `now` (expired, not yet valid, uses exhausted) is marked at the end of the line.
+fn write_users(users: &[User], now: Timestamp, out: &mut dyn Write) -> anyhow::Result<()> {
+    let row = |out: &mut dyn Write, cells: [&str; 7]| {
+        let [id, name, role, status, code, uses, rules] = cells;
+        let line = format!("{id:<10} {name:<20} {role:<8} {status:<8} {code:<7} {uses:<5} {rules}");
+        writeln!(out, "{}", line.trim_end())
+    };
+    row(
+        out,
+        ["ID", "NAME", "ROLE", "STATUS", "CODE", "USES", "RULES"],
+    )?;
     for u in users {
         let mut rules = Vec::new();
         if let Some(t) = u.valid_from {
@@ -168,16 +225,29 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
         if let Some(m) = u.max_uses {
             rules.push(format!("max {m} uses"));
         }
-        writeln!(
+        let mut rules = rules.join(", ");
+        if let Some(reason) = u.refused_by_rules(now) {
+            let why = match reason {
+                DenyReason::Expired => "expired",
+                DenyReason::NotYetValid => "not valid yet",
+                _ => "uses exhausted",
+            };
+            if !rules.is_empty() {
+                rules.push(' ');
+            }
+            rules.push_str(&format!("<- {why}: the code is refused now"));
+        }
+        row(
             out,
-            "{:<10} {:<20} {:<8} {:<8} {:<7} uses={:<5} {}",
-            u.id,
-            u.name,
-            u.role.as_str(),
-            if u.active { "active" } else { "inactive" },
-            if u.has_code() { "code" } else { "no code" },
-            u.uses,
-            rules.join(", ")
+            [
+                &u.id,
+                &u.name,
+                u.role.as_str(),
+                if u.active { "active" } else { "inactive" },
+                if u.has_code() { "code" } else { "no code" },
+                &u.uses.to_string(),
+                &rules,
+            ],
         )?;
     }
     Ok(())
@@ -325,6 +395,90 @@ mod tests {
         let sources: Vec<_> = events.iter().map(|e| e.source.as_deref()).collect();
         assert!(sources.iter().all(|s| *s == Some("cli")), "{sources:?}");
         assert!(events.iter().all(|e| e.by.is_none()));
+    }
+
+    /// Plays a terminal: the lines typed in turn, and every prompt shown.
+    fn dialogue(typed: &[&str]) -> (anyhow::Result<String>, Vec<String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut typed = typed.iter();
+        let mut prompts = Vec::new();
+        let mut told = Vec::new();
+        let got = ask_twice(
+            &mut |p| {
+                prompts.push(p.to_owned());
+                Ok(typed.next().expect("asked once too often").to_string())
+            },
+            &mut told,
+            "Main code",
+            |raw| check_format(&config, raw),
+        );
+        (got, prompts, String::from_utf8(told).unwrap())
+    }
+
+    #[test]
+    fn a_malformed_code_is_refused_before_it_is_asked_again_and_a_typo_asks_again() {
+        let (got, prompts, told) = dialogue(&["123", "4826", "4862", "4826", "4826"]);
+        assert_eq!(got.unwrap(), "4826");
+        let again = "The same code again: ";
+        assert_eq!(
+            prompts,
+            ["Main code: ", "Main code: ", again, "Main code: ", again],
+            "a 3-digit code is refused at once, a mismatch asks from the start"
+        );
+        assert!(told.contains("that code cannot be used: a code has 4 to 6 digits; try again"));
+        assert!(told.contains("the two codes differ; try again"), "{told}");
+        assert!(!told.contains("123") && !told.contains("48"), "{told}");
+        let (got, prompts, _) = dialogue(&["1", "22", "333"]);
+        assert!(got
+            .unwrap_err()
+            .to_string()
+            .contains("no code after 3 tries"));
+        assert_eq!(prompts.len(), 3);
+    }
+
+    #[test]
+    fn users_has_a_header_and_marks_codes_the_rules_refuse_now() {
+        let now: Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let person = |id: &str, name: &str| {
+            let mut u = User::new(id.into(), name.into(), Role::User, now);
+            u.code_key = Some("00".repeat(32));
+            u
+        };
+        let mut expired = person("u_1", "Contractor");
+        expired.valid_until = Some("2026-11-27T18:00:00Z".parse().unwrap());
+        let mut early = person("u_2", "Summer");
+        early.valid_from = Some("2027-06-01T00:00:00Z".parse().unwrap());
+        let mut spent = person("u_3", "Guest");
+        spent.max_uses = Some(1);
+        spent.uses = 1;
+        let mut fine = person("u_4", "Bob");
+        fine.valid_until = Some("2026-12-08T12:00:00Z".parse().unwrap());
+        let mut master = User::new("u_0".into(), "Alice".into(), Role::Master, now);
+        master.valid_until = expired.valid_until;
+        let mut out = Vec::new();
+        write_users(&[master, expired, early, spent, fine], now, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("ID ") && lines[0].contains("ROLE"),
+            "{text}"
+        );
+        assert!(
+            !lines[1].contains("refused"),
+            "no rule binds the master: {text}"
+        );
+        assert!(
+            lines[2].contains("<- expired: the code is refused now"),
+            "{text}"
+        );
+        assert!(lines[3].contains("<- not valid yet"), "{text}");
+        assert!(lines[4].contains("<- uses exhausted"), "{text}");
+        assert!(!lines[5].contains("refused"), "{text}");
+        assert!(
+            lines[2].contains(" user ") && lines[2].contains(" code "),
+            "{text}"
+        );
     }
 
     #[test]

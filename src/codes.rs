@@ -54,7 +54,18 @@ impl Code {
     fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// Whether this is one of the commonest PINs (DESIGN 10c), the ones a guesser tries first.
+    pub fn is_common(&self) -> bool {
+        COMMON_PINS.contains(&self.0.as_str())
+    }
 }
+
+/// The twenty commonest 4-digit PINs (DESIGN 10c).
+const COMMON_PINS: [&str; 20] = [
+    "1234", "0000", "1111", "1212", "7777", "1004", "2000", "4444", "2222", "6969", "9999", "3333",
+    "5555", "6666", "1122", "1313", "8888", "4321", "2001", "1010",
+];
 
 impl Drop for Code {
     fn drop(&mut self) {

@@ -1,7 +1,7 @@
 //! The `keypad-bridge` command: parse the CLI, set up logging, load the config, run.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{ErrorKind, IsTerminal};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -68,18 +68,18 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let command = args.command.unwrap_or(Command::Run);
     if let Command::CheckConfig = command {
-        return Ok(match config::load(&args.config) {
+        return Ok(match load_config(&args.config) {
             Ok(_) => {
                 println!("{}: the config is valid", args.config.display());
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("{:#}", anyhow::Error::from(err));
+                eprintln!("{err:#}");
                 ExitCode::FAILURE
             }
         });
     }
-    let config = config::load(&args.config)?;
+    let config = load_config(&args.config)?;
     let level = match command {
         Command::Run => config.log.level.as_str(),
         _ => "warn",
@@ -90,7 +90,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run => run_daemon(config)?,
         Command::CheckConfig => unreachable!("handled above"),
         Command::Init { name } => {
-            let user = cli::init(&config, &name, || cli::read_code("Main code"))?;
+            let user = cli::init(&config, &name, || {
+                cli::read_code("Main code", |raw| cli::check_format(&config, raw))
+            })?;
             println!(
                 "Created the master user {:?} ({}). Keep a backup of the secret file {}.",
                 user.name,
@@ -99,14 +101,54 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
         Command::ResetMaster => {
-            let user = cli::reset_master(&config, || cli::read_code("New main code"))?;
+            let user = cli::reset_master(&config, || {
+                cli::read_code("New main code", |raw| cli::check_format(&config, raw))
+            })?;
             println!("The master user {:?} has a new code.", user.name);
         }
-        Command::Users => cli::users(&config, stdout)?,
-        Command::Activity { limit } => cli::activity(&config, limit, stdout)?,
-        Command::Unlock { source } => cli::unlock(&config, source.as_deref(), stdout)?,
+        Command::Users => closed_stdout_is_the_end(cli::users(&config, stdout))?,
+        Command::Activity { limit } => {
+            closed_stdout_is_the_end(cli::activity(&config, limit, stdout))?
+        }
+        Command::Unlock { source } => {
+            closed_stdout_is_the_end(cli::unlock(&config, source.as_deref(), stdout))?
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reader that stops reading (`users | head -1`, `grep -q`) ends a listing normally: what
+/// it wanted has been written, and a listing changes nothing that a closed pipe could cut short.
+fn closed_stdout_is_the_end(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The config at `path`; when there is no file there, the error says how to point at one.
+fn load_config(path: &Path) -> anyhow::Result<config::Config> {
+    config::load(path).map_err(|err| {
+        let err = anyhow::Error::from(err);
+        let missing = std::fs::metadata(path).is_err_and(|e| e.kind() == ErrorKind::NotFound);
+        if !missing {
+            return err;
+        }
+        anyhow::anyhow!(
+            "{err:#}\n  Point at your config file with `--config PATH` or the environment \
+             variable KEYPAD_BRIDGE_CONFIG=PATH. A commented example with every key is \
+             config.example.yaml at the top of the source tree (the quick start runs \
+             `keypad-bridge --config config.example.yaml`)."
+        )
+    })
 }
 
 /// Logs go to stderr (journald keeps them); `RUST_LOG` wins over `log.level`.

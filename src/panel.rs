@@ -374,7 +374,7 @@ impl Panel {
         }
     }
 
-    /// The retained state, attributes and last user.
+    /// Everything retained about the alarm, all from the store: state, attributes, last user.
     pub fn state_publishes(&self) -> Vec<Publish> {
         let t = &self.topics;
         let mut out = vec![
@@ -385,9 +385,9 @@ impl Panel {
                 true,
             ),
         ];
-        if let Some(name) = &self.last_user {
-            out.push(Publish::new(&t.alarm_last_user, name.as_str(), true));
-        }
+        // Empty while nobody ever armed: it clears what an earlier store left retained.
+        let last_user = self.last_user.as_deref().unwrap_or_default();
+        out.push(Publish::new(&t.alarm_last_user, last_user, true));
         out
     }
 
@@ -881,10 +881,13 @@ impl Panel {
         serde_json::to_vec(&self.saved()).unwrap_or_default()
     }
 
-    /// The state the current change leads to (the armed mode while arming).
+    /// The state the current change leads to: the armed mode while arming, `triggered` while
+    /// pending.
     fn target_state(&self) -> AlarmState {
         match (self.alarm.state, self.alarm.mode) {
             (AlarmState::Arming, Some(mode)) => mode.state(),
+            // The entry delay leads to the siren, as the `pending` event says.
+            (AlarmState::Pending, _) => AlarmState::Triggered,
             (state, _) => state,
         }
     }
@@ -1531,6 +1534,17 @@ keypads:
             d.change.events[0].target_state.as_deref(),
             Some("triggered")
         );
+        let attributes: serde_json::Value = d
+            .publish
+            .iter()
+            .find(|p| p.topic == "kb/alarm/attributes")
+            .map(|p| serde_json::from_slice(&p.payload).unwrap())
+            .expect("the attributes are published");
+        assert_eq!(
+            (&attributes["target_state"], &attributes["delay_s"]),
+            (&serde_json::json!("triggered"), &serde_json::json!(30)),
+            "the attributes name the state the delay leads to, as the event does: {attributes}"
+        );
         assert!(d.reply.is_none(), "Home Assistant gets no reply message");
         let d = p.tick(t(40)).unwrap();
         assert_eq!(event_types(&d), ["triggered"]);
@@ -1768,7 +1782,13 @@ keypads:
     #[test]
     fn the_retained_state_names_the_last_user_once_someone_armed() {
         let (mut p, c) = panel();
-        assert_eq!(p.state_publishes().len(), 2, "no last user yet");
+        let fresh = p.state_publishes();
+        assert_eq!(fresh.len(), 3, "{fresh:?}");
+        assert_eq!(fresh[2].topic, "kb/alarm/last_user");
+        assert!(
+            fresh[2].payload.is_empty() && fresh[2].retain,
+            "nobody armed yet: an empty retained last user clears an older store's"
+        );
         front(&mut p, &c, AWAY, Some(&person("bob", Role::User)), t(0));
         let topics: Vec<String> = p.state_publishes().into_iter().map(|p| p.topic).collect();
         assert_eq!(

@@ -65,10 +65,15 @@ const APPLIED_NEXT: &str = "applied_next";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the store at {path} is in use by another process (is the keypad-bridge daemon running? \
-         stop it first, e.g. `systemctl stop keypad-bridge`)"
+        "the store at {path} is held by {}: stop it first (Ctrl-C where it runs{}, or `sudo \
+         systemctl stop keypad-bridge` when it is the service)",
+        holder_words(*holder), holder.map(|pid| format!(", `kill {pid}`")).unwrap_or_default()
     )]
-    Busy { path: PathBuf },
+    Busy {
+        path: PathBuf,
+        /// The pid holding sled's lock, when the kernel tells (Linux's /proc/locks).
+        holder: Option<u32>,
+    },
     #[error("there is no store at {path}: create it with `keypad-bridge init` (or start the daemon once)")]
     Missing { path: PathBuf },
     #[error(
@@ -193,16 +198,17 @@ impl Store {
         let path = cfg.path.clone();
         let existed = fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_some());
         if !existed {
-            if create == Create::Refused {
-                return Err(StoreError::Missing { path });
-            }
             // Without its database, a secret or an alarm state means a store was lost, not
             // that this is a first start: coming up with no users would hand the site to
-            // whoever creates a master first.
+            // whoever creates a master first. Said also to the commands that would not create
+            // it, whose hint would otherwise be `init`, which refuses for this very reason.
             for leftover in [cfg.secret_file.clone(), alarm_state_path(&path)] {
                 if leftover.exists() {
                     return Err(StoreError::Lost { path, leftover });
                 }
+            }
+            if create == Create::Refused {
+                return Err(StoreError::Missing { path });
             }
             create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
             create_private_dir(&path)?;
@@ -628,19 +634,59 @@ pub fn alarm_state_path(db: &Path) -> PathBuf {
 }
 
 fn open_error(e: sled::Error, path: &Path) -> StoreError {
+    let busy = || StoreError::Busy {
+        path: path.to_owned(),
+        holder: lock_holder(&path.join("db")),
+    };
     match e {
-        sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => StoreError::Busy {
-            path: path.to_owned(),
-        },
-        sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Busy {
-            path: path.to_owned(),
-        },
+        sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => busy(),
+        sled::Error::Io(io) if io.to_string().contains("lock") => busy(),
         sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
             path: path.to_owned(),
             what: e.to_string(),
         },
         other => StoreError::Sled(other),
     }
+}
+
+/// Who holds the store: another keypad-bridge as a rule (the daemon, or an offline command).
+fn holder_words(holder: Option<u32>) -> String {
+    let Some(pid) = holder else {
+        return "another process, most likely another keypad-bridge (the daemon, or an offline \
+                command)"
+            .to_owned();
+    };
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    match comm.trim() {
+        "keypad-bridge" | "" => format!("another keypad-bridge (pid {pid})"),
+        other => format!("another process (pid {pid}, {other})"),
+    }
+}
+
+/// The pid holding the `flock` that sled takes on `file` (its `db` file), read from Linux's
+/// `/proc/locks`; `None` when that cannot be told.
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(file).ok()?;
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks_holder(&locks, meta.dev(), meta.ino())
+}
+
+/// In `/proc/locks` text, the pid of the `FLOCK` on the file `dev`/`ino`. A line reads
+/// `1: FLOCK  ADVISORY  WRITE 23538 fe:00:10215433 0 EOF` (major and minor in hex); a waiter's
+/// line has `->` after the number and is not a holder.
+fn locks_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    // Linux's encoding of a dev_t (glibc's gnu_dev_major / gnu_dev_minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let wanted = format!("{major:02x}:{minor:02x}:{ino}");
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, file, ..] if *file == wanted => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 fn open_existing(
@@ -899,6 +945,45 @@ fn json_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_of_the_lock_is_read_from_proc_locks() {
+        // dev 0xfe00 is major 0xfe, minor 0: `fe:00`.
+        let locks = "1: POSIX  ADVISORY  WRITE 111 fe:00:42 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 222 fe:00:41 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 333 fe:00:42 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 444 fe:00:42 0 EOF\n";
+        assert_eq!(locks_holder(locks, 0xfe00, 42), Some(444));
+        assert_eq!(locks_holder(locks, 0xfe01, 42), None);
+        assert_eq!(locks_holder(locks, 0xfe00, 7), None);
+    }
+
+    #[test]
+    fn a_busy_store_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open(dir.path());
+        let cfg = StoreConfig {
+            path: dir.path().join("db"),
+            secret_file: dir.path().join("secret"),
+            cache_mb: 1,
+        };
+        let params = Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        // sled's flock is per open file: a second open in this process conflicts too.
+        let Err(err) = Store::open_with(&cfg, params, 100, Create::Refused) else {
+            panic!("a held store was opened twice");
+        };
+        let pid = std::process::id();
+        assert!(
+            matches!(err, StoreError::Busy { holder: Some(p), .. } if p == pid),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&format!("(pid {pid}")), "{text}");
+    }
 
     fn open(dir: &Path) -> Store {
         let cfg = StoreConfig {

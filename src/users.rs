@@ -508,6 +508,23 @@ impl User {
         Ok(())
     }
 
+    /// Why the rules refuse this user's code at `now` for longer than a schedule gap: expired,
+    /// not yet valid, or its uses exhausted. `None` for the master, whom no rule binds.
+    pub fn refused_by_rules(&self, now: Timestamp) -> Option<DenyReason> {
+        if self.role == Role::Master {
+            return None;
+        }
+        if self.valid_until.is_some_and(|until| now >= until) {
+            Some(DenyReason::Expired)
+        } else if self.valid_from.is_some_and(|from| now < from) {
+            Some(DenyReason::NotYetValid)
+        } else if self.max_uses.is_some_and(|max| self.uses >= max) {
+            Some(DenyReason::UsesExhausted)
+        } else {
+            None
+        }
+    }
+
     pub fn has_code(&self) -> bool {
         self.code_key.is_some()
     }

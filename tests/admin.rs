@@ -382,7 +382,7 @@ fn a_retained_command_published_while_the_daemon_is_down_is_applied_once_at_star
     assert_eq!(result["ok"], true, "{result}");
     assert!(daemon.stop());
     let (_, out, _) = site.cli(&["users"], "");
-    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(out.lines().count(), 1 + 2, "a header and two people: {out}");
     let _daemon = site.start();
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
     let late = Probe::connect(broker.port, &[&site.topic("config/set")]);
@@ -627,7 +627,7 @@ fn a_change_is_on_disk_before_its_result_is_published() {
     w.daemon.kill();
     let (ok_, out, err) = w.site.cli(&["users"], "");
     assert!(ok_, "{err}");
-    assert_eq!(out.lines().count(), 6, "{out}");
+    assert_eq!(out.lines().count(), 1 + 6, "a header and six people: {out}");
     w.daemon = w.site.start();
     w.probe
         .wait_for(&w.topic("status"), |m| m.text() == "online");
@@ -866,4 +866,36 @@ fn a_duress_code_used_as_auth_does_not_show_in_the_activity_it_reads() {
         .filter(|e| e["event_type"] == "duress")
         .count();
     assert_eq!(duress_seen, 2, "{r}");
+}
+
+#[test]
+fn a_result_warns_of_a_date_already_past_and_the_replay_says_it_again() {
+    let w = World::start(|_| {});
+    let r = add(
+        &w,
+        "late",
+        json!({"name": "Contractor", "code": "8642", "valid_until": "2020-01-01T00:00:00Z"}),
+    );
+    ok(&r);
+    let warnings = r["warnings"].as_array().expect("a warnings array");
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("valid_until is already past"),
+        "{r}"
+    );
+    let r = add(
+        &w,
+        "late",
+        json!({"name": "Contractor", "code": "8642", "valid_until": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(
+        (r["replayed"].clone(), r["warnings"].clone()),
+        (json!(true), json!(warnings))
+    );
+    let r = add(&w, "fine", json!({"name": "Bob", "code": "2468"}));
+    ok(&r);
+    assert!(r.get("warnings").is_none(), "absent when empty: {r}");
 }

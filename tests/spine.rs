@@ -159,7 +159,8 @@ fn every_entry_is_in_the_activity_log_shown_by_the_cli() {
     // The offline CLI refuses while the daemon holds the store...
     let (ok, _, err) = w.site.cli(&["activity"], "");
     assert!(!ok);
-    assert!(err.contains("in use by another process"), "{err}");
+    let holder = format!("held by another keypad-bridge (pid {})", w.daemon.pid());
+    assert!(err.contains(&holder), "{err}");
     // ...and works once it is stopped.
     assert!(w.daemon.stop());
     let (ok, out, err) = w.site.cli(&["activity", "--limit", "10"], "");
@@ -251,4 +252,28 @@ fn a_stop_while_the_broker_is_unreachable_is_at_once() {
     let log = daemon.log_text();
     let after = &log[log.find("shutting down").expect("the log says it stops")..];
     assert!(!after.contains("retrying"), "{after}");
+}
+
+#[test]
+fn a_fresh_store_on_the_same_broker_clears_the_last_user_of_the_old_one() {
+    let mut w = World::start(|_| {});
+    w.json_keypad(json!({"code": "1234", "action": "arm_away"}));
+    w.wait_state("armed_away");
+    w.probe
+        .wait_for(&w.topic("alarm/last_user"), |m| m.text() == "Alice");
+    assert!(w.daemon.stop());
+    let dir = w.site.store_dir();
+    std::fs::remove_dir_all(dir.join("db")).unwrap();
+    std::fs::remove_file(dir.join("secret")).unwrap();
+    std::fs::remove_file(dir.join("db.alarm.json")).unwrap();
+    w.site.init("Bob", "8642");
+    w.probe.drain();
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    let cleared = w.probe.wait_for(&w.topic("alarm/last_user"), |_| true);
+    assert!(cleared.payload.is_empty(), "{:?}", cleared.text());
+    // A client that subscribes now finds no last user: nobody armed with this store.
+    let late = Probe::connect(w.broker.port, &[&w.topic("alarm/last_user")]);
+    late.assert_silent(&w.topic("alarm/last_user"), Duration::from_millis(500));
 }

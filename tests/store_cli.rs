@@ -78,6 +78,20 @@ fn init_refuses_a_malformed_code_in_plain_words() {
 }
 
 #[test]
+fn init_and_reset_master_warn_of_one_of_the_commonest_pins_without_printing_it() {
+    let site = Site::new(1);
+    let (ok, out, err) = site.cli(&["init", "--name", "Alice"], "1111\n");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: the code is one of the commonest PINs"),
+        "{err}"
+    );
+    assert!(!out.contains("1111") && !err.contains("1111"), "{out}{err}");
+    let (ok, _, err) = site.cli(&["reset-master"], "80246\n");
+    assert!(ok && err.is_empty(), "{err}");
+}
+
+#[test]
 fn offline_commands_on_a_missing_store_say_how_to_create_it() {
     let site = Site::new(1);
     for cmd in [&["users"][..], &["activity"][..], &["reset-master"][..]] {
@@ -268,6 +282,22 @@ fn a_secret_without_its_store_is_a_lost_store_not_a_first_start() {
     );
     let (ok, _, err) = site.cli(&["init"], "5678\n");
     assert!(!ok && err.contains("seems lost"), "{err}");
+    // Every command gives the one hint that works: init and the daemon refuse, so none of
+    // them suggests those.
+    for cmd in [
+        &["users"][..],
+        &["activity"][..],
+        &["reset-master"][..],
+        &["unlock"][..],
+    ] {
+        let (ok, _, err) = site.cli(cmd, "5678\n");
+        assert!(!ok && err.contains("seems lost"), "{cmd:?}: {err}");
+        assert!(
+            err.contains("Restore it from your backup"),
+            "{cmd:?}: {err}"
+        );
+        assert!(!err.contains("keypad-bridge init"), "{cmd:?}: {err}");
+    }
 }
 
 #[test]
@@ -430,7 +460,9 @@ fn unlock_lifts_the_admin_lockout_that_survived_a_restart_and_logs_it() {
     lock_the_admin_channel_and_count_against_the_back_keypad(&w);
     // While the daemon holds the store, the offline command refuses plainly.
     let (ok, _, err) = w.site.cli(&["unlock", "admin"], "");
-    assert!(!ok && err.contains("in use by another process"), "{err}");
+    let holder = format!("held by another keypad-bridge (pid {})", w.daemon.pid());
+    assert!(!ok && err.contains(&holder), "{err}");
+    assert!(err.contains(&format!("`kill {}`", w.daemon.pid())), "{err}");
     assert!(w.daemon.stop());
 
     let (ok, out, err) = w.site.cli(&["unlock", "admin"], "");
@@ -640,6 +672,61 @@ fn check_config_and_run_refuse_a_keypad_on_a_topic_the_bridge_uses_for_something
         assert!(
             text.contains("line 10, column 12") && text.contains("Home Assistant's status topic"),
             "{command}: {text}"
+        );
+    }
+}
+
+/// Runs a CLI command whose stdout is a pipe nobody reads any more (`users | grep -q`,
+/// `activity | head -1` after the reader has left); returns (success, stderr).
+fn cli_into_a_closed_pipe(site: &Site, args: &[&str]) -> (bool, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+        .arg("--config")
+        .arg(site.config_path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_is_a_normal_end_for_every_listing_command() {
+    let site = Site::new(1);
+    site.init("Alice", "1234");
+    for args in [&["users"][..], &["activity"][..], &["unlock"][..]] {
+        let (ok, err) = cli_into_a_closed_pipe(&site, args);
+        assert!(ok, "{args:?} should end normally: {err}");
+        assert!(err.is_empty(), "{args:?} should print nothing: {err}");
+    }
+}
+
+#[test]
+fn no_config_file_says_how_to_point_at_one_and_where_the_example_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("config.yaml");
+    for args in [&[][..], &["check-config"][..], &["users"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
+            .arg("--config")
+            .arg(&nowhere)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(&nowhere.display().to_string()), "{err}");
+        assert!(
+            err.contains("--config PATH")
+                && err.contains("KEYPAD_BRIDGE_CONFIG")
+                && err.contains("config.example.yaml"),
+            "{args:?}: {err}"
         );
     }
 }
