@@ -1026,50 +1026,9 @@ fn check(config: &Config) -> Issues {
     out
 }
 
-/// What a topic the bridge publishes to or reads for another purpose than keypads is, in
-/// words that finish "keypad topic T is …": a keypad listening there would read the bridge's
-/// own replies or panel status (or Home Assistant's and Zigbee2MQTT's status) as code-less
-/// entries.
-fn reserved_topics(config: &Config) -> Vec<(String, String)> {
-    let mut reserved = Vec::new();
-    let zigbee = config
-        .keypads
-        .iter()
-        .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt);
-    for keypad in zigbee {
-        let name = &keypad.name;
-        reserved.push((
-            crate::topics::Topics::zigbee2mqtt_set(&keypad.topic),
-            format!("where the bridge answers the Zigbee2MQTT keypad {name:?} (its topic + /set)"),
-        ));
-        if let Some(z2m_base) = keypad.topic.split('/').next() {
-            reserved.push((
-                format!("{z2m_base}/bridge/state"),
-                format!(
-                    "where Zigbee2MQTT (of keypad {name:?}) says whether it is online, which the \
-                     bridge reads"
-                ),
-            ));
-        }
-    }
-    let topics = crate::topics::Topics::new(config);
-    reserved.push((
-        topics.ha_status.clone(),
-        "Home Assistant's status topic (`homeassistant.prefix` + /status), which the bridge \
-         reads"
-            .into(),
-    ));
-    if config.homeassistant.discovery {
-        let what = "a Home Assistant discovery topic the bridge publishes";
-        let discovery = crate::homeassistant::discovery(config, &topics);
-        reserved.extend(discovery.into_iter().map(|d| (d.topic, what.to_owned())));
-    }
-    reserved
-}
-
 fn check_keypads(out: &mut Issues, config: &Config) {
     let base = format!("{}/", config.mqtt.base_topic);
-    let reserved = reserved_topics(config);
+    let reserved = crate::topics::Topics::reserved(config);
     for (index, keypad) in config.keypads.iter().enumerate() {
         let (earlier, name, topic) = (&config.keypads[..index], &keypad.name, &keypad.topic);
         let at_name: &[&str] = &[&format!("keypads[{index}].name")];
