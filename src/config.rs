@@ -340,7 +340,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         problems: Vec::new(),
         refused: Vec::new(),
     };
-    review.walk(&mut value, &schema(), &mut Vec::new());
+    review.walk(&mut value, &SCHEMA[0].1, "");
     let Review {
         mut problems,
         refused,
@@ -361,23 +361,53 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     Err(problems)
 }
 
-/// A path into the file: `keypads`, 0, `name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Seg {
-    Key(String),
+/// A place in the file is a dotted path, `keypads[2].name`; [`steps`] reads it back.
+enum Step<'a> {
+    Key(&'a str),
     Index(usize),
+}
+
+fn steps(path: &str) -> impl Iterator<Item = Step<'_>> {
+    path.split('.')
+        .filter(|part| !part.is_empty())
+        .flat_map(|part| {
+            let mut pieces = part.split('[');
+            let indices = pieces.clone().skip(1);
+            let indices = indices.filter_map(|index| index.trim_end_matches(']').parse().ok());
+            pieces
+                .next()
+                .map(Step::Key)
+                .into_iter()
+                .chain(indices.map(Step::Index))
+        })
+}
+
+/// `mqtt.port` inside `mqtt`, `keypads[2]` inside `keypads`, both inside the top level (`""`).
+fn parent(path: &str) -> Option<&str> {
+    match path.rfind(['.', '[']) {
+        Some(end) => Some(&path[..end]),
+        None => (!path.is_empty()).then_some(""),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// The walk of [`parse`]: what it found wrong, and the values it replaced by their default.
 struct Review<'a, 'input> {
     root: &'a MarkedYaml<'input>,
     problems: Vec<Problem>,
-    refused: Vec<Vec<Seg>>,
+    refused: Vec<String>,
 }
 
 impl<'a, 'input> Review<'a, 'input> {
     /// Compares `value` with `schema`, the default at the same place.
-    fn walk(&mut self, value: &mut Value, schema: &Value, path: &mut Vec<Seg>) {
+    fn walk(&mut self, value: &mut Value, schema: &Value, path: &str) {
         match (schema, &mut *value) {
             (Value::Mapping(allowed), Value::Mapping(map)) => {
                 let keys: Vec<Value> = map.keys().cloned().collect();
@@ -390,11 +420,9 @@ impl<'a, 'input> Review<'a, 'input> {
                             .push(Problem::at(at, unknown_key_message(&name, path)));
                         continue;
                     };
-                    path.push(Seg::Key(name.clone()));
                     if let Some(child) = map.get_mut(name.as_str()) {
-                        self.walk(child, child_schema, path);
+                        self.walk(child, child_schema, &join(path, &name));
                     }
-                    path.pop();
                 }
                 self.require(map, path);
             }
@@ -403,9 +431,7 @@ impl<'a, 'input> Review<'a, 'input> {
                     return;
                 };
                 for (index, item) in items.iter_mut().enumerate() {
-                    path.push(Seg::Index(index));
-                    self.walk(item, item_schema, path);
-                    path.pop();
+                    self.walk(item, item_schema, &format!("{path}[{index}]"));
                 }
             }
             (Value::Number(_), Value::Number(number)) => {
@@ -440,7 +466,7 @@ impl<'a, 'input> Review<'a, 'input> {
     }
 
     /// The keys serde cannot do without: `keypads`, and each keypad's three.
-    fn require(&mut self, map: &mut serde_yaml::Mapping, path: &[Seg]) {
+    fn require(&mut self, map: &mut serde_yaml::Mapping, path: &str) {
         let at = self.node(path).unwrap_or(self.root);
         if path.is_empty() && !map.contains_key("keypads") {
             let message = "`keypads` is missing: list the keypads the bridge listens to \
@@ -459,9 +485,7 @@ impl<'a, 'input> Review<'a, 'input> {
             // Stand-ins that raise no topic clash; the checks say nothing about them.
             let stand_in = if *key == "protocol" { "plain" } else { "" };
             map.insert((*key).into(), stand_in.into());
-            let mut refused = path.to_vec();
-            refused.push(Seg::Key((*key).into()));
-            self.refused.push(refused);
+            self.refused.push(join(path, key));
         }
         if !missing.is_empty() {
             let names: Vec<String> = missing.iter().map(|key| format!("`{key}`")).collect();
@@ -475,18 +499,18 @@ impl<'a, 'input> Review<'a, 'input> {
 
     /// Notes a problem at `path` and puts the default in the refused value's place, so that
     /// serde and the checks go on with the rest.
-    fn refuse(&mut self, value: &mut Value, schema: &Value, path: &[Seg], message: String) {
+    fn refuse(&mut self, value: &mut Value, schema: &Value, path: &str, message: String) {
         let at = self.node(path).unwrap_or(self.root);
         self.problems.push(Problem::at(at, message));
         *value = schema.clone();
-        self.refused.push(path.to_vec());
+        self.refused.push(path.to_owned());
     }
 
-    fn node(&self, path: &[Seg]) -> Option<&'a MarkedYaml<'input>> {
+    fn node(&self, path: &str) -> Option<&'a MarkedYaml<'input>> {
         node_at(self.root, path)
     }
 
-    fn key_node(&self, parent: &[Seg], key: &str) -> Option<&'a MarkedYaml<'input>> {
+    fn key_node(&self, parent: &str, key: &str) -> Option<&'a MarkedYaml<'input>> {
         match &self.node(parent)?.data {
             YamlData::Mapping(map) => map.keys().find(|k| scalar_text(k).as_deref() == Some(key)),
             _ => None,
@@ -495,21 +519,18 @@ impl<'a, 'input> Review<'a, 'input> {
 }
 
 /// The node of the file at `path`, looking through tags.
-fn node_at<'a, 'input>(
-    root: &'a MarkedYaml<'input>,
-    path: &[Seg],
-) -> Option<&'a MarkedYaml<'input>> {
+fn node_at<'a, 'input>(root: &'a MarkedYaml<'input>, path: &str) -> Option<&'a MarkedYaml<'input>> {
     let mut node = root;
-    for seg in path {
+    for step in steps(path) {
         while let YamlData::Tagged(_, inner) = &node.data {
             node = inner;
         }
-        node = match (&node.data, seg) {
-            (YamlData::Mapping(map), Seg::Key(key)) => map
+        node = match (&node.data, step) {
+            (YamlData::Mapping(map), Step::Key(key)) => map
                 .iter()
                 .find(|(k, _)| scalar_text(k).as_deref() == Some(key))
                 .map(|(_, v)| v)?,
-            (YamlData::Sequence(items), Seg::Index(index)) => items.get(*index)?,
+            (YamlData::Sequence(items), Step::Index(index)) => items.get(index)?,
             _ => return None,
         };
     }
@@ -541,11 +562,11 @@ fn serde_problem(
     value: &Value,
     root: &MarkedYaml,
 ) -> Problem {
-    let mut path = Vec::new();
+    let mut path = String::new();
     for segment in err.path().iter() {
         match segment {
-            serde_path_to_error::Segment::Map { key } => path.push(Seg::Key(key.clone())),
-            serde_path_to_error::Segment::Seq { index } => path.push(Seg::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => path = join(&path, key),
+            serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
             _ => break,
         }
     }
@@ -567,21 +588,21 @@ fn serde_problem(
     }
 }
 
-fn value_at<'a>(value: &'a Value, path: &[Seg]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |value, seg| match seg {
-        Seg::Key(key) => value.get(key.as_str()),
-        Seg::Index(index) => value.get(*index),
+fn value_at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    steps(path).try_fold(value, |value, step| match step {
+        Step::Key(key) => value.get(key),
+        Step::Index(index) => value.get(index),
     })
 }
 
-fn unknown_key_message(key: &str, parent: &[Seg]) -> String {
+fn unknown_key_message(key: &str, parent: &str) -> String {
     let allowed = allowed_keys(parent);
     let mut message = format!("unknown key `{key}` {}", section_name(parent));
     if let Some(close) = closest(key, allowed.iter().map(String::as_str)) {
         message.push_str(&format!(": did you mean `{close}`?"));
     } else if key == "<<" {
         message.push_str(": merge keys are not supported, write the settings out.");
-    } else if let Some(home) = section_holding(key, &schema(), &mut Vec::new()) {
+    } else if let Some(home) = section_holding(key) {
         message.push_str(&format!(": `{key}` belongs {home}."));
     } else {
         message.push('.');
@@ -594,7 +615,7 @@ fn unknown_key_message(key: &str, parent: &[Seg]) -> String {
 }
 
 /// "at the top level", "in `mqtt`", "in a keypad".
-fn section_name(path: &[Seg]) -> String {
+fn section_name(path: &str) -> String {
     match schema_name(path).as_str() {
         "" => "at the top level".into(),
         "keypads[]" => "in a keypad".into(),
@@ -603,54 +624,66 @@ fn section_name(path: &[Seg]) -> String {
 }
 
 /// How a message names the value at `path`: "`port`", "each entry of `modes`".
-fn value_name(path: &[Seg]) -> String {
-    match path {
-        [] => "the file".into(),
-        [.., Seg::Key(parent), Seg::Key(key)] if parent == "exit_delay_s" => {
-            format!("the exit delay for {key}")
+fn value_name(path: &str) -> String {
+    let (section, last) = path.rsplit_once('.').unwrap_or(("", path));
+    match last.split_once('[') {
+        _ if path.is_empty() => "the file".into(),
+        Some((key, _)) => format!("each entry of `{key}`"),
+        None if section.rsplit('.').next() == Some("exit_delay_s") => {
+            format!("the exit delay for {last}")
         }
-        [.., Seg::Key(key)] => format!("`{key}`"),
-        [.., Seg::Key(key), Seg::Index(_)] => format!("each entry of `{key}`"),
-        [.., Seg::Index(_)] => "each entry".into(),
+        None => format!("`{last}`"),
     }
 }
 
 /// The path with list indices blurred, as the schema knows it: `keypads[].name`.
-fn schema_name(path: &[Seg]) -> String {
-    let mut name = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(key) if name.is_empty() => name.push_str(key),
-            Seg::Key(key) => {
-                name.push('.');
-                name.push_str(key);
-            }
-            Seg::Index(_) => name.push_str("[]"),
-        }
+fn schema_name(path: &str) -> String {
+    let mut pieces = path.split('[');
+    let mut name = pieces.next().unwrap_or_default().to_owned();
+    for piece in pieces {
+        name.push_str("[]");
+        name.push_str(piece.split_once(']').map_or(piece, |(_, rest)| rest));
     }
     name
 }
 
-/// The defaults as a YAML tree, with one template keypad: the source of truth for which keys
-/// exist where and what kind of value each takes, so the checker cannot drift from the structs.
-fn schema() -> Value {
+/// Every place of the schema, in file order, by its [`schema_name`], with its default: the
+/// defaults as a YAML tree, with one template keypad. The source of truth for which keys exist
+/// where and what kind of value each takes, so the checker cannot drift from the structs.
+static SCHEMA: std::sync::LazyLock<Vec<(String, Value)>> = std::sync::LazyLock::new(|| {
+    fn list(name: String, value: &Value, out: &mut Vec<(String, Value)>) {
+        out.push((name.clone(), value.clone()));
+        match value {
+            Value::Mapping(map) => {
+                for (key, child) in map {
+                    list(join(&name, &key_text(key)), child, out);
+                }
+            }
+            Value::Sequence(items) => {
+                for item in items.iter().take(1) {
+                    list(format!("{name}[]"), item, out);
+                }
+            }
+            _ => {}
+        }
+    }
     let mut config = Config::default();
     config.keypads.push(KeypadConfig::default());
-    serde_yaml::to_value(config).unwrap_or(Value::Null)
-}
+    let mut out = Vec::new();
+    let schema = serde_yaml::to_value(config).unwrap_or(Value::Null);
+    list(String::new(), &schema, &mut out);
+    out
+});
 
-fn schema_at(path: &[Seg]) -> Option<Value> {
-    let blurred: Vec<Seg> = path
+fn schema_at(path: &str) -> Option<&'static Value> {
+    let name = schema_name(path);
+    SCHEMA
         .iter()
-        .map(|seg| match seg {
-            Seg::Index(_) => Seg::Index(0),
-            key => key.clone(),
-        })
-        .collect();
-    value_at(&schema(), &blurred).cloned()
+        .find(|(at, _)| *at == name)
+        .map(|(_, value)| value)
 }
 
-fn allowed_keys(path: &[Seg]) -> Vec<String> {
+fn allowed_keys(path: &str) -> Vec<String> {
     match schema_at(path) {
         Some(Value::Mapping(map)) => map.keys().map(key_text).collect(),
         _ => Vec::new(),
@@ -658,25 +691,11 @@ fn allowed_keys(path: &[Seg]) -> Vec<String> {
 }
 
 /// Where a key that is unknown here does exist, for "`port` belongs in `mqtt`".
-fn section_holding(key: &str, node: &Value, path: &mut Vec<Seg>) -> Option<String> {
-    match node {
-        Value::Mapping(map) if map.contains_key(key) => Some(section_name(path)),
-        Value::Mapping(map) => map.iter().find_map(|(name, child)| {
-            path.push(Seg::Key(key_text(name)));
-            let found = section_holding(key, child, path);
-            path.pop();
-            found
-        }),
-        Value::Sequence(items) => {
-            path.push(Seg::Index(0));
-            let found = items
-                .first()
-                .and_then(|item| section_holding(key, item, path));
-            path.pop();
-            found
-        }
-        _ => None,
-    }
+fn section_holding(key: &str) -> Option<String> {
+    let (at, _) = SCHEMA.iter().find(|(at, _)| {
+        !at.ends_with(']') && parent(at).is_some_and(|section| *at == join(section, key))
+    })?;
+    parent(at).map(section_name)
 }
 
 /// The bounds of a number setting.
@@ -717,7 +736,7 @@ const fn range(path: &'static str, min: u64, max: u64) -> Range {
     Range { path, min, max }
 }
 
-fn range_of(path: &[Seg]) -> Option<&'static Range> {
+fn range_of(path: &str) -> Option<&'static Range> {
     let name = schema_name(path);
     RANGES.iter().find(|range| range.path == name)
 }
@@ -768,7 +787,7 @@ const ARM_MODES: &str = "one of armed_away, armed_home, armed_night, armed_vacat
 
 /// What the value at `path` should be, in plain words: numbers from [`RANGES`], the rest by
 /// name or, failing that, by the kind of its default.
-fn expectation(path: &[Seg]) -> String {
+fn expectation(path: &str) -> String {
     if let Some(range) = range_of(path) {
         return range.words();
     }
@@ -863,40 +882,24 @@ impl Issues {
     }
 }
 
-/// Parses "keypads[2].name" into segments.
-fn path_of(dotted: &str) -> Vec<Seg> {
-    let mut path = Vec::new();
-    for part in dotted.split('.') {
-        let mut pieces = part.split('[');
-        path.extend(pieces.next().map(|key| Seg::Key(key.to_owned())));
-        let indices = pieces.filter_map(|index| index.trim_end_matches(']').parse().ok());
-        path.extend(indices.map(Seg::Index));
-    }
-    path
-}
-
 /// Where an issue goes: `None` when it is about a value the walk replaced (already reported);
 /// at the nearest setting the file spells out when the value is a default.
-fn place(
-    at: &[String],
-    message: String,
-    root: &MarkedYaml,
-    refused: &[Vec<Seg>],
-) -> Option<Problem> {
-    let paths: Vec<Vec<Seg>> = at.iter().map(|dotted| path_of(dotted)).collect();
-    if paths
+fn place(at: &[String], message: String, root: &MarkedYaml, refused: &[String]) -> Option<Problem> {
+    let under = |path: &str, gone: &str| {
+        let rest = path.strip_prefix(gone);
+        rest.is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    };
+    if at
         .iter()
-        .any(|path| refused.iter().any(|gone| path.starts_with(gone)))
+        .any(|path| refused.iter().any(|gone| under(path, gone)))
     {
         return None;
     }
     let nearest = || {
-        let first = paths.first()?;
-        (0..first.len())
-            .rev()
-            .find_map(|len| node_at(root, &first[..len]))
+        let mut sections = std::iter::successors(parent(at.first()?), |path| parent(path));
+        sections.find_map(|path| node_at(root, path))
     };
-    let node = paths
+    let node = at
         .iter()
         .find_map(|path| node_at(root, path))
         .or_else(nearest);
@@ -1489,39 +1492,16 @@ keypads:
 
     #[test]
     fn every_number_setting_has_one_range_and_every_range_names_a_number_setting() {
-        fn leaves(value: &Value, path: &mut Vec<Seg>, out: &mut Vec<(Vec<Seg>, Value)>) {
-            out.push((path.clone(), value.clone()));
-            match value {
-                Value::Mapping(map) => {
-                    for (key, child) in map {
-                        path.push(Seg::Key(key.as_str().unwrap().to_owned()));
-                        leaves(child, path, out);
-                        path.pop();
-                    }
-                }
-                Value::Sequence(items) => {
-                    path.push(Seg::Index(0));
-                    leaves(&items[0], path, out);
-                    path.pop();
-                }
-                _ => {}
-            }
-        }
-        let mut found = Vec::new();
-        leaves(&schema(), &mut Vec::new(), &mut found);
+        let found = &*SCHEMA;
         let numbers: Vec<String> = found
             .iter()
             .filter(|(_, value)| value.is_number())
-            .map(|(path, _)| schema_name(path))
+            .map(|(path, _)| path.clone())
             .collect();
         let ranges: Vec<String> = RANGES.iter().map(|r| r.path.to_owned()).collect();
         assert_eq!(numbers, ranges);
-        for (path, _) in &found {
-            assert!(
-                !expectation(path).is_empty(),
-                "{} has no words",
-                schema_name(path)
-            );
+        for (path, _) in found {
+            assert!(!expectation(path).is_empty(), "{path} has no words");
         }
     }
 
