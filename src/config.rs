@@ -9,7 +9,6 @@
 //! as an unknown arm mode, is the one problem reported, at the place serde names); and [`check`]
 //! collects what needs the whole config: cross-key rules, topics, the time zone, the log filter.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -20,33 +19,22 @@ use serde_yaml::Value;
 use crate::alarm::ArmMode;
 
 /// The whole file. Every key may be left out except `keypads`: a bridge without keypads is
-/// allowed (`keypads: []`), but only when the owner says so.
+/// allowed (`keypads: []`), but only when the owner says so (the checker insists).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
     pub mqtt: MqttConfig,
-    #[serde(default)]
     pub store: StoreConfig,
-    #[serde(default)]
     pub codes: CodesConfig,
-    #[serde(default)]
     pub lockout: LockoutConfig,
-    #[serde(default)]
     pub alarm: AlarmConfig,
-    #[serde(default)]
     pub admin: AdminConfig,
-    #[serde(default)]
     pub activity: ActivityConfig,
-    #[serde(default)]
     pub homeassistant: HomeAssistantConfig,
-    #[serde(default)]
     pub tags: TagsConfig,
     /// An IANA name; `None` means the system's zone.
-    #[serde(default)]
     pub timezone: Option<String>,
     pub keypads: Vec<KeypadConfig>,
-    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -164,8 +152,8 @@ section!(LogConfig {
     level: String = "info".into(),
 });
 
-/// One keypad; all three keys are required.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// One keypad; all three keys are required. Its default is the template keypad of the schema.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeypadConfig {
     /// Names the source (`keypad:<name>`) and the result topic, hence `[a-z0-9_-]+`.
@@ -174,20 +162,10 @@ pub struct KeypadConfig {
     pub topic: String,
 }
 
-/// The template keypad of the schema.
-impl Default for KeypadConfig {
-    fn default() -> Self {
-        KeypadConfig {
-            name: String::new(),
-            protocol: KeypadProtocol::Zigbee2mqtt,
-            topic: String::new(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeypadProtocol {
+    #[default]
     Zigbee2mqtt,
     Json,
     Plain,
@@ -225,7 +203,8 @@ impl Config {
 }
 
 /// One thing wrong with a config file, at a 1-based line and column.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+#[error("line {line}, column {column}: {message}")]
 pub struct Problem {
     pub line: usize,
     pub column: usize,
@@ -233,22 +212,17 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn at(node: &MarkedYaml, message: impl Into<String>) -> Problem {
+    fn new(line: usize, column: usize, message: impl Into<String>) -> Problem {
+        let message = message.into();
         Problem {
-            line: node.span.start.line(),
-            column: node.span.start.col() + 1,
-            message: message.into(),
+            line,
+            column,
+            message,
         }
     }
-}
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {}: {}",
-            self.line, self.column, self.message
-        )
+    fn at(node: &MarkedYaml, message: impl Into<String>) -> Problem {
+        Problem::new(node.span.start.line(), node.span.start.col() + 1, message)
     }
 }
 
@@ -290,19 +264,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Reads a config file's text; on failure returns every problem found, in file order.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let one = |line, column, message: String| {
-        vec![Problem {
-            line,
-            column,
-            message,
-        }]
-    };
     let documents = MarkedYaml::load_from_str(text).map_err(|err| {
         let message = match err.info() {
             "duplicated key in mapping" => "this key is set twice in the same place: keep one",
             info => &format!("this is not valid YAML: {info}"),
         };
-        one(err.marker().line(), err.marker().col() + 1, message.into())
+        vec![Problem::new(
+            err.marker().line(),
+            err.marker().col() + 1,
+            message,
+        )]
     })?;
     if let Some(second) = documents.get(1) {
         let message = "a second YAML document starts here (`---`): keep all settings in one";
@@ -311,18 +282,19 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     // libyaml (behind serde_yaml) reads the values, as it always has; saphyr only places them.
     let mut value: Value = serde_yaml::from_str(text).map_err(|err| {
         let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-        one(line, column, format!("this is not valid YAML: {err}"))
+        vec![Problem::new(
+            line,
+            column,
+            format!("this is not valid YAML: {err}"),
+        )]
     })?;
     let Some(root) = documents
         .into_iter()
         .next()
         .filter(|root| !root.data.is_badvalue())
     else {
-        return Err(one(
-            1,
-            1,
-            "the file is empty: it needs at least a `keypads:` list".into(),
-        ));
+        let message = "the file is empty: it needs at least a `keypads:` list";
+        return Err(vec![Problem::new(1, 1, message)]);
     };
     let refusal = match &value {
         Value::Mapping(_) => None,
@@ -452,14 +424,7 @@ impl<'a, 'input> Review<'a, 'input> {
             (Value::String(_) | Value::Null, found)
                 if !found.is_mapping() && !found.is_sequence() => {}
             _ => {
-                let found = self
-                    .node(path)
-                    .map_or_else(String::new, |node| describe(value, node));
-                let message = format!(
-                    "{} must be {}, found {found}",
-                    value_name(path),
-                    expectation(path)
-                );
+                let message = mismatch(path, value, self.node(path));
                 self.refuse(value, schema, path, message);
             }
         }
@@ -570,22 +535,25 @@ fn serde_problem(
             _ => break,
         }
     }
-    let found = value_at(value, &path);
-    match (node_at(root, &path), found) {
+    match (node_at(root, &path), value_at(value, &path)) {
         (Some(node), Some(found)) if !path.is_empty() => {
-            let message = format!(
-                "{} must be {}, found {}",
-                value_name(&path),
-                expectation(&path),
-                describe(found, node)
-            );
-            Problem::at(node, message)
+            Problem::at(node, mismatch(&path, found, Some(node)))
         }
         (node, _) => Problem::at(
             node.unwrap_or(root),
             format!("this is not a valid config: {}", err.inner()),
         ),
     }
+}
+
+/// "`port` must be a number from 1 to 65535, found the text \"x\"".
+fn mismatch(path: &str, value: &Value, node: Option<&MarkedYaml>) -> String {
+    let found = node.map_or_else(String::new, |node| describe(value, node));
+    format!(
+        "{} must be {}, found {found}",
+        value_name(path),
+        expectation(path)
+    )
 }
 
 fn value_at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
