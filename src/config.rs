@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -179,26 +178,6 @@ impl Config {
             Some(name) => jiff::tz::TimeZone::get(name)
                 .map_err(|err| format!("unknown time zone {name:?} (timezone): {err}")),
         }
-    }
-
-    /// The broker password, from `mqtt.password_file`, without the newline editors add.
-    pub fn read_mqtt_password(&self) -> anyhow::Result<Option<String>> {
-        let Some(path) = &self.mqtt.password_file else {
-            return Ok(None);
-        };
-        let mut password = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read the MQTT password file {} (mqtt.password_file)",
-                path.display()
-            )
-        })?;
-        if password.ends_with('\n') {
-            password.pop();
-            if password.ends_with('\r') {
-                password.pop();
-            }
-        }
-        Ok(Some(password))
     }
 }
 
@@ -839,6 +818,12 @@ fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
         .map(|(_, candidate)| candidate)
 }
 
+/// " (did you mean Europe/Paris?)", or nothing.
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let close = closest(word, candidates);
+    close.map_or_else(String::new, |close| format!(" (did you mean {close}?)"))
+}
+
 /// Semantic problems, each placed at the first of its dotted paths that the file spells out.
 #[derive(Default)]
 struct Issues(Vec<(Vec<String>, String)>);
@@ -965,9 +950,7 @@ fn check(config: &Config) -> Issues {
             .available()
             .map(|zone| zone.as_str().to_owned())
             .collect();
-        let hint = closest(name, names.iter().map(String::as_str))
-            .map(|close| format!(" (did you mean {close}?)"))
-            .unwrap_or_default();
+        let hint = did_you_mean(name, names.iter().map(String::as_str));
         let message = format!(
             "`timezone` must be a time zone name such as Europe/Paris, found {name:?}{hint}"
         );
@@ -979,11 +962,9 @@ fn check(config: &Config) -> Issues {
     let refusal = match tracing_subscriber::EnvFilter::try_new(level) {
         Err(err) => Some(format!(" ({err})")),
         Ok(_) if level.is_empty() => Some(String::new()),
-        Ok(_) if bare_word && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) => Some(
-            closest(level, LOG_LEVELS)
-                .map(|close| format!(" (did you mean {close}?)"))
-                .unwrap_or_default(),
-        ),
+        Ok(_) if bare_word && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) => {
+            Some(did_you_mean(level, LOG_LEVELS))
+        }
         Ok(_) => None,
     };
     if let Some(hint) = refusal {
@@ -1471,29 +1452,6 @@ keypads:
         for (path, _) in found {
             assert!(!expectation(path).is_empty(), "{path} has no words");
         }
-    }
-
-    #[test]
-    fn the_password_file_loses_one_trailing_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("password");
-        std::fs::write(&file, "s3cret\n\n").unwrap();
-        let mut config = Config::default();
-        config.mqtt.password_file = Some(file);
-        assert_eq!(
-            config.read_mqtt_password().unwrap().as_deref(),
-            Some("s3cret\n")
-        );
-        config.mqtt.password_file = None;
-        assert_eq!(config.read_mqtt_password().unwrap(), None);
-    }
-
-    #[test]
-    fn a_missing_password_file_is_named_in_the_error() {
-        let mut config = Config::default();
-        config.mqtt.password_file = Some("/nonexistent/mqtt-password".into());
-        let err = config.read_mqtt_password().unwrap_err();
-        assert!(format!("{err:#}").contains("/nonexistent/mqtt-password"));
     }
 
     #[test]
