@@ -243,29 +243,48 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Reads a config file's text; on failure returns every problem found, in file order.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let (root, mut value) = read(text).map_err(|problem| vec![problem])?;
+    let mut review = Review {
+        root: &root,
+        problems: Vec::new(),
+        refused: Vec::new(),
+    };
+    review.walk(&mut value, &SCHEMA[0].1, "");
+    match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+        Ok(config) => {
+            for (at, message) in check(&config).0 {
+                let problem = place(&at, message, &root, &review.refused);
+                review.problems.extend(problem);
+            }
+            if review.problems.is_empty() {
+                return Ok(config);
+            }
+        }
+        Err(err) => review.problems.push(serde_problem(&err, &value, &root)),
+    }
+    let mut problems = review.problems;
+    problems.sort_by_key(|problem| (problem.line, problem.column));
+    Err(problems)
+}
+
+/// The file as saphyr places it and as serde_yaml reads it, or the one problem that stops
+/// everything: not YAML, two documents, no settings.
+fn read(text: &str) -> Result<(MarkedYaml<'_>, Value), Problem> {
     let documents = MarkedYaml::load_from_str(text).map_err(|err| {
         let message = match err.info() {
             "duplicated key in mapping" => "this key is set twice in the same place: keep one",
             info => &format!("this is not valid YAML: {info}"),
         };
-        vec![Problem::new(
-            err.marker().line(),
-            err.marker().col() + 1,
-            message,
-        )]
+        Problem::new(err.marker().line(), err.marker().col() + 1, message)
     })?;
     if let Some(second) = documents.get(1) {
         let message = "a second YAML document starts here (`---`): keep all settings in one";
-        return Err(vec![Problem::at(second, message)]);
+        return Err(Problem::at(second, message));
     }
     // libyaml (behind serde_yaml) reads the values, as it always has; saphyr only places them.
-    let mut value: Value = serde_yaml::from_str(text).map_err(|err| {
+    let value: Value = serde_yaml::from_str(text).map_err(|err| {
         let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-        vec![Problem::new(
-            line,
-            column,
-            format!("this is not valid YAML: {err}"),
-        )]
+        Problem::new(line, column, format!("this is not valid YAML: {err}"))
     })?;
     let Some(root) = documents
         .into_iter()
@@ -273,43 +292,17 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         .filter(|root| !root.data.is_badvalue())
     else {
         let message = "the file is empty: it needs at least a `keypads:` list";
-        return Err(vec![Problem::new(1, 1, message)]);
+        return Err(Problem::new(1, 1, message));
     };
     let refusal = match &value {
-        Value::Mapping(_) => None,
-        Value::Null => Some("the file has no settings: it needs at least a `keypads:` list".into()),
-        other => Some(format!(
+        Value::Mapping(_) => return Ok((root, value)),
+        Value::Null => "the file has no settings: it needs at least a `keypads:` list".into(),
+        other => format!(
             "the file must hold `key: value` settings, found {}",
             describe(other, &root)
-        )),
+        ),
     };
-    if let Some(message) = refusal {
-        return Err(vec![Problem::at(&root, message)]);
-    }
-    let mut review = Review {
-        root: &root,
-        problems: Vec::new(),
-        refused: Vec::new(),
-    };
-    review.walk(&mut value, &SCHEMA[0].1, "");
-    let Review {
-        mut problems,
-        refused,
-        ..
-    } = review;
-    match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-        Ok(config) => {
-            for (at, message) in check(&config).0 {
-                problems.extend(place(&at, message, &root, &refused));
-            }
-            if problems.is_empty() {
-                return Ok(config);
-            }
-        }
-        Err(err) => problems.push(serde_problem(&err, &value, &root)),
-    }
-    problems.sort_by_key(|problem| (problem.line, problem.column));
-    Err(problems)
+    Err(Problem::at(&root, refusal))
 }
 
 /// A place in the file is a dotted path, `keypads[2].name`; [`steps`] reads it back.
@@ -319,18 +312,11 @@ enum Step<'a> {
 }
 
 fn steps(path: &str) -> impl Iterator<Item = Step<'_>> {
-    path.split('.')
-        .filter(|part| !part.is_empty())
-        .flat_map(|part| {
-            let mut pieces = part.split('[');
-            let indices = pieces.clone().skip(1);
-            let indices = indices.filter_map(|index| index.trim_end_matches(']').parse().ok());
-            pieces
-                .next()
-                .map(Step::Key)
-                .into_iter()
-                .chain(indices.map(Step::Index))
-        })
+    let pieces = path.split(['.', '[']).filter(|piece| !piece.is_empty());
+    pieces.map(|piece| match piece.strip_suffix(']') {
+        Some(index) => Step::Index(index.parse().unwrap_or(usize::MAX)),
+        None => Step::Key(piece),
+    })
 }
 
 /// `mqtt.port` inside `mqtt`, `keypads[2]` inside `keypads`, both inside the top level (`""`).
