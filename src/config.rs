@@ -328,11 +328,8 @@ fn parent(path: &str) -> Option<&str> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    let dot = if path.is_empty() { "" } else { "." };
+    format!("{path}{dot}{key}")
 }
 
 /// The walk of [`parse`]: what it found wrong, and the values it replaced by their default.
@@ -530,21 +527,17 @@ fn value_at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 
 fn unknown_key_message(key: &str, parent: &str) -> String {
     let allowed = allowed_keys(parent);
-    let mut message = format!("unknown key `{key}` {}", section_name(parent));
-    if let Some(close) = closest(key, allowed.iter().map(String::as_str)) {
-        message.push_str(&format!(": did you mean `{close}`?"));
+    let hint = if let Some(close) = closest(key, allowed.iter().map(String::as_str)) {
+        format!(": did you mean `{close}`?")
     } else if key == "<<" {
-        message.push_str(": merge keys are not supported, write the settings out.");
+        ": merge keys are not supported, write the settings out.".into()
     } else if let Some(home) = section_holding(key) {
-        message.push_str(&format!(": `{key}` belongs {home}."));
+        format!(": `{key}` belongs {home}.")
     } else {
-        message.push('.');
-    }
-    message.push_str(&format!(
-        " The keys allowed there are {}",
-        allowed.join(", ")
-    ));
-    message
+        ".".into()
+    };
+    let (section, allowed) = (section_name(parent), allowed.join(", "));
+    format!("unknown key `{key}` {section}{hint} The keys allowed there are {allowed}")
 }
 
 /// "at the top level", "in `mqtt`", "in a keypad".
@@ -790,15 +783,11 @@ fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
         5..=8 => 2,
         _ => 3,
     };
+    // Swapping two neighbours counts as one edit ("prot" → "port").
+    let distance = |candidate: &str| strsim::osa_distance(&word, &normalise(candidate));
     candidates
         .into_iter()
-        // Swapping two neighbours counts as one edit ("prot" → "port").
-        .map(|candidate| {
-            (
-                strsim::osa_distance(&word, &normalise(candidate)),
-                candidate,
-            )
-        })
+        .map(|candidate| (distance(candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
@@ -845,20 +834,19 @@ fn place(at: &[String], message: String, root: &MarkedYaml, refused: &[String]) 
     Some(Problem::at(node.unwrap_or(root), message))
 }
 
-/// Checks a topic used as a prefix (`base_topic`, the discovery prefix).
-fn check_prefix(out: &mut Issues, at: &str, key: &str, topic: &str) {
-    if topic.is_empty() {
-        out.add(&[at], format!("`{key}` must not be empty"));
+/// Checks a topic used as a prefix (`mqtt.base_topic`, the discovery prefix).
+fn check_prefix(out: &mut Issues, at: &str, topic: &str) {
+    let key = at.rsplit('.').next().unwrap_or(at);
+    let message = if topic.is_empty() {
+        format!("`{key}` must not be empty")
     } else if topic.contains(['+', '#']) {
-        let message =
-            format!("`{key}` must not contain `+` or `#` (MQTT wildcards), found {topic:?}");
-        out.add(&[at], message);
+        format!("`{key}` must not contain `+` or `#` (MQTT wildcards), found {topic:?}")
     } else if topic.starts_with('/') || topic.ends_with('/') {
-        out.add(
-            &[at],
-            format!("`{key}` must not start or end with `/`, found {topic:?}"),
-        );
-    }
+        format!("`{key}` must not start or end with `/`, found {topic:?}")
+    } else {
+        return;
+    };
+    out.add(&[at], message);
 }
 
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -869,16 +857,14 @@ fn check(config: &Config) -> Issues {
     let mut out = Issues::default();
     let mqtt = &config.mqtt;
     if mqtt.host.trim().is_empty() {
-        out.add(
-            &["mqtt.host"],
-            "`host` must name the MQTT broker, such as localhost",
-        );
+        let message = "`host` must name the MQTT broker, such as localhost";
+        out.add(&["mqtt.host"], message);
     }
     if mqtt.client_id.is_empty() {
         let message = "`client_id` must not be empty: the broker tells its clients apart by it";
         out.add(&["mqtt.client_id"], message);
     }
-    check_prefix(&mut out, "mqtt.base_topic", "base_topic", &mqtt.base_topic);
+    check_prefix(&mut out, "mqtt.base_topic", &mqtt.base_topic);
     let (codes, argon2) = (&config.codes, &config.codes.argon2);
     if codes.min_length > codes.max_length {
         let (min, max) = (codes.min_length, codes.max_length);
@@ -892,10 +878,8 @@ fn check(config: &Config) -> Issues {
              found {}",
             argon2.memory_kib
         );
-        out.add(
-            &["codes.argon2.memory_kib", "codes.argon2.parallelism"],
-            message,
-        );
+        let at = ["codes.argon2.memory_kib", "codes.argon2.parallelism"];
+        out.add(&at, message);
     }
     let lockout = &config.lockout;
     if lockout.max_duration_s < lockout.duration_s {
@@ -905,17 +889,16 @@ fn check(config: &Config) -> Issues {
         out.add(&["lockout.max_duration_s", "lockout.duration_s"], message);
     }
     let alarm = &config.alarm;
-    if alarm.modes.is_empty() {
-        let message = "`modes` must list at least one arm mode, such as [armed_away]";
-        out.add(&["alarm.modes"], message);
-    }
     for (index, mode) in alarm.modes.iter().enumerate() {
         if alarm.modes[..index].contains(mode) {
             let message = format!("{} is listed twice in `modes`", mode.as_str());
             out.add(&[&format!("alarm.modes[{index}]")], message);
         }
     }
-    if !alarm.modes.is_empty() && !alarm.modes.contains(&alarm.toggle_mode) {
+    if alarm.modes.is_empty() {
+        let message = "`modes` must list at least one arm mode, such as [armed_away]";
+        out.add(&["alarm.modes"], message);
+    } else if !alarm.modes.contains(&alarm.toggle_mode) {
         let modes: Vec<&str> = alarm.modes.iter().map(|mode| mode.as_str()).collect();
         let message = format!(
             "`toggle_mode` is {}, which is not in `modes` ({}): add it to `modes` or pick one of \
@@ -926,7 +909,7 @@ fn check(config: &Config) -> Issues {
         out.add(&["alarm.toggle_mode", "alarm.modes"], message);
     }
     let prefix = &config.homeassistant.prefix;
-    check_prefix(&mut out, "homeassistant.prefix", "prefix", prefix);
+    check_prefix(&mut out, "homeassistant.prefix", prefix);
     if let Some(name) = config
         .timezone
         .as_ref()
@@ -982,10 +965,8 @@ fn check_keypads(out: &mut Issues, config: &Config) {
             out.add(at_name, message);
         }
         if earlier.iter().any(|other| other.name == *name) {
-            out.add(
-                at_name,
-                format!("two keypads are named {name:?}: names must differ"),
-            );
+            let message = format!("two keypads are named {name:?}: names must differ");
+            out.add(at_name, message);
         }
         if topic.is_empty() {
             out.add(at_topic, "a keypad's `topic` must not be empty");
