@@ -386,7 +386,7 @@ impl<'a, 'input> Review<'a, 'input> {
             (Value::String(_) | Value::Null, found)
                 if !found.is_mapping() && !found.is_sequence() => {}
             _ => {
-                let message = mismatch(path, value, self.node(path));
+                let message = mismatch(path, value, node_at(self.root, path));
                 self.refuse(value, schema, path, message);
             }
         }
@@ -394,7 +394,7 @@ impl<'a, 'input> Review<'a, 'input> {
 
     /// The keys serde cannot do without: `keypads`, and each keypad's three.
     fn require(&mut self, map: &mut serde_yaml::Mapping, path: &str) {
-        let at = self.node(path).unwrap_or(self.root);
+        let at = node_at(self.root, path).unwrap_or(self.root);
         if path.is_empty() && !map.contains_key("keypads") {
             let message = "`keypads` is missing: list the keypads the bridge listens to \
                            (write `keypads: []` if there are none yet)";
@@ -427,18 +427,14 @@ impl<'a, 'input> Review<'a, 'input> {
     /// Notes a problem at `path` and puts the default in the refused value's place, so that
     /// serde and the checks go on with the rest.
     fn refuse(&mut self, value: &mut Value, schema: &Value, path: &str, message: String) {
-        let at = self.node(path).unwrap_or(self.root);
+        let at = node_at(self.root, path).unwrap_or(self.root);
         self.problems.push(Problem::at(at, message));
         *value = schema.clone();
         self.refused.push(path.to_owned());
     }
 
-    fn node(&self, path: &str) -> Option<&'a MarkedYaml<'input>> {
-        node_at(self.root, path)
-    }
-
     fn key_node(&self, parent: &str, key: &str) -> Option<&'a MarkedYaml<'input>> {
-        match &self.node(parent)?.data {
+        match &node_at(self.root, parent)?.data {
             YamlData::Mapping(map) => map.keys().find(|k| scalar_text(k).as_deref() == Some(key)),
             _ => None,
         }
