@@ -33,6 +33,29 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 
+/// The password is read where the connection is built, not by the checker.
+impl Config {
+    /// The broker password, from `mqtt.password_file`, without the newline editors add.
+    pub fn read_mqtt_password(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.mqtt.password_file else {
+            return Ok(None);
+        };
+        let mut password = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the MQTT password file {} (mqtt.password_file)",
+                path.display()
+            )
+        })?;
+        if password.ends_with('\n') {
+            password.pop();
+            if password.ends_with('\r') {
+                password.pop();
+            }
+        }
+        Ok(Some(password))
+    }
+}
+
 /// Largest packet accepted from the broker, announced in CONNECT so that the broker drops
 /// larger ones for this client. Commands over 64 KiB are answered `payload_too_large`; this
 /// bound only keeps a rogue publisher from exhausting memory.
@@ -498,6 +521,29 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_password_file_loses_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\n\n").unwrap();
+        let mut config = Config::default();
+        config.mqtt.password_file = Some(file);
+        assert_eq!(
+            config.read_mqtt_password().unwrap().as_deref(),
+            Some("s3cret\n")
+        );
+        config.mqtt.password_file = None;
+        assert_eq!(config.read_mqtt_password().unwrap(), None);
+    }
+
+    #[test]
+    fn a_missing_password_file_is_named_in_the_error() {
+        let mut config = Config::default();
+        config.mqtt.password_file = Some("/nonexistent/mqtt-password".into());
+        let err = config.read_mqtt_password().unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/mqtt-password"));
+    }
 
     #[test]
     fn a_connection_that_drops_within_seconds_does_not_reset_the_backoff() {

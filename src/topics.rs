@@ -1,6 +1,6 @@
 //! Every MQTT topic the daemon uses (DESIGN.md 3 and 4), built from the config in one place.
 
-use crate::config::Config;
+use crate::config::{Config, KeypadProtocol};
 
 /// Topic strings, built once at start-up.
 #[derive(Clone, Debug)]
@@ -56,13 +56,59 @@ impl Topics {
         let mut bridges: Vec<String> = config
             .keypads
             .iter()
-            .filter(|k| k.protocol == crate::config::KeypadProtocol::Zigbee2mqtt)
-            .filter_map(|k| k.topic.split('/').next())
-            .map(|base| format!("{base}/bridge/state"))
+            .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt)
+            .map(|k| Topics::zigbee2mqtt_bridge(&k.topic))
             .collect();
         bridges.sort();
         bridges.dedup();
         bridges
+    }
+
+    /// What a topic the bridge publishes to or reads for another purpose than keypads is, in
+    /// words that finish "keypad topic T is …": a keypad listening there would read the bridge's
+    /// own replies or panel status (or Home Assistant's and Zigbee2MQTT's status) as code-less
+    /// entries.
+    pub fn reserved(config: &Config) -> Vec<(String, String)> {
+        let mut reserved = Vec::new();
+        let zigbee = config
+            .keypads
+            .iter()
+            .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt);
+        for keypad in zigbee {
+            let name = &keypad.name;
+            reserved.push((
+                Topics::zigbee2mqtt_set(&keypad.topic),
+                format!(
+                    "where the bridge answers the Zigbee2MQTT keypad {name:?} (its topic + /set)"
+                ),
+            ));
+            reserved.push((
+                Topics::zigbee2mqtt_bridge(&keypad.topic),
+                format!(
+                    "where Zigbee2MQTT (of keypad {name:?}) says whether it is online, which the \
+                     bridge reads"
+                ),
+            ));
+        }
+        let topics = Topics::new(config);
+        reserved.push((
+            topics.ha_status.clone(),
+            "Home Assistant's status topic (`homeassistant.prefix` + /status), which the bridge \
+             reads"
+                .into(),
+        ));
+        if config.homeassistant.discovery {
+            let what = "a Home Assistant discovery topic the bridge publishes";
+            let discovery = crate::homeassistant::discovery(config, &topics);
+            reserved.extend(discovery.into_iter().map(|d| (d.topic, what.to_owned())));
+        }
+        reserved
+    }
+
+    /// The bridge-state topic of the Zigbee2MQTT instance behind a keypad's topic.
+    fn zigbee2mqtt_bridge(device_topic: &str) -> String {
+        let base = device_topic.split('/').next().unwrap_or_default();
+        format!("{base}/bridge/state")
     }
 
     /// Where a Zigbee2MQTT keypad takes commands.
