@@ -216,14 +216,24 @@ impl Store {
         // Before sled opens it: a looser mode found now was set by someone, not by us.
         make_private(&path, Report::Loose)?;
         make_private(&alarm_state_path(&path), Report::Loose)?;
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(cfg.cache_mb.saturating_mul(1024 * 1024))
             // Every change is flushed explicitly before it is acknowledged; a background
             // flusher would only wake a Raspberry Pi's SD card for nothing.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(e, &path))?;
+            .flush_every_ms(None);
+        // A store closed a moment ago (a command that just ended, sled's threads winding down)
+        // may still be locked for a few milliseconds: try again briefly before saying busy.
+        let mut tries = 0;
+        let db = loop {
+            match sled_config.open().map_err(|e| open_error(e, &path)) {
+                Err(StoreError::Busy { .. }) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         // sled creates its files as the umask says; its directory is 0700 already.
         make_private(&path, Report::Silently)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(e, &path));
