@@ -37,6 +37,7 @@ pub mod homeassistant;
 pub mod keypad;
 pub mod lockout;
 pub mod mqtt;
+pub mod owner;
 pub mod panel;
 pub mod store;
 pub mod systemd;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keypad_bridge::{cli, config, daemon};
+use keypad_bridge::{cli, config, daemon, owner};
 
 #[derive(Parser)]
 #[command(
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -85,6 +85,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ => "warn",
     };
     init_tracing(level);
+    // Every command left opens the store: as its owner only, or what it creates belongs to
+    // the wrong user (an `init` run as root, forgetting `sudo -u keypad-bridge`).
+    owner::refuse_foreign_store(&config.store)?;
     let stdout = &mut std::io::stdout();
     match command {
         Command::Run => run_daemon(config)?,
@@ -115,6 +118,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause the text already says
+/// (a store error names its I/O error, which is also its source).
+fn chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// A reader that stops reading (`users | head -1`, `grep -q`) ends a listing normally: what

@@ -42,6 +42,7 @@ use sled::Transactional;
 use crate::codes::{Argon2Params, LookupKey, LookupKeyer};
 use crate::config::{Config, StoreConfig};
 use crate::events::Event;
+use crate::owner;
 use crate::users::{names_equal, Credential, Role, User};
 
 const FORMAT: &[u8] = b"1";
@@ -99,9 +100,16 @@ pub enum StoreError {
     AlarmStateDamaged { path: PathBuf, what: String },
     #[error("the alarm state file {path} is missing although the store has saved one before; restore it or remove the store's `alarm_saved` marker by re-creating the store")]
     AlarmStateMissing { path: PathBuf },
-    #[error("cannot use the secret file {path}: {source}")]
+    // A permission error says whose the file is, who needs it and the fix (crate::owner).
+    #[error(
+        "cannot use the secret file {path}: {source}{}",
+        owner::access_hint(path, source)
+    )]
     SecretIo { path: PathBuf, source: io::Error },
-    #[error("store I/O error at {path}: {source}")]
+    #[error(
+        "store I/O error at {path}: {source}{}",
+        owner::access_hint(path, source)
+    )]
     Io { path: PathBuf, source: io::Error },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
@@ -196,7 +204,14 @@ impl Store {
         create: Create,
     ) -> Result<Store, StoreError> {
         let path = cfg.path.clone();
-        let existed = fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_some());
+        let existed = match fs::read_dir(&path) {
+            Ok(mut entries) => entries.next().is_some(),
+            // Not "missing" or "lost": it is there, but not this user's to read.
+            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(StoreError::Io { path, source });
+            }
+            Err(_) => false,
+        };
         if !existed {
             // Without its database, a secret or an alarm state means a store was lost, not
             // that this is a first start: coming up with no users would hand the site to
@@ -651,6 +666,11 @@ fn open_error(e: sled::Error, path: &Path) -> StoreError {
     match e {
         sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => busy(),
         sled::Error::Io(io) if io.to_string().contains("lock") => busy(),
+        // sled names no file: the store's directory is where the user and mode are wrong.
+        sled::Error::Io(io) if io.kind() == io::ErrorKind::PermissionDenied => StoreError::Io {
+            path: path.to_owned(),
+            source: io,
+        },
         sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
             path: path.to_owned(),
             what: e.to_string(),
