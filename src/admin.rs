@@ -805,7 +805,7 @@ fn warnings(user: &User, code: Option<(&Code, Credential)>, now: Timestamp) -> V
     if let Some((code, which)) = code {
         if code.is_common() {
             let what = match which {
-                Credential::Code => "the code",
+                Credential::Code | Credential::Tag => "the code",
                 Credential::Duress => "the duress code",
             };
             warnings.push(format!(

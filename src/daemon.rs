@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use serde_json::{json, Value};
 
 use crate::admin::{self, Authority, CommandError, Gate};
-use crate::codes::{Code, LookupKeyer};
+use crate::codes::{Code, LookupKey, LookupKeyer};
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
 use crate::homeassistant;
 use crate::keypad::{self, homeassistant as ha_keypad, json as json_keypad, zigbee2mqtt, Parsed};
@@ -390,11 +390,48 @@ impl Daemon {
         let decision = match step {
             Step::Done(decision) => *decision,
             Step::Identify(pending, code) => {
-                let found = self.identify(code).await;
-                self.panel.finish(pending, found, at, Instant::now())
+                let (key, found) = self.identify_keyed(code).await;
+                // An unknown tag while a learning runs is bound instead of refused.
+                let learner = match (&found, self.panel.learning_for(&pending, at)) {
+                    (Ok(None), Some(user_id)) => {
+                        let store = self.store.clone();
+                        let user_id = user_id.to_owned();
+                        blocking(move || store.user(&user_id))
+                            .await
+                            .map_err(|e| tracing::error!(error = %e, "cannot read the user of a learning"))
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
+                };
+                match (learner, key) {
+                    (Some(user), Some(key)) => {
+                        self.panel
+                            .finish_learned(pending, user, key, at, Instant::now())
+                    }
+                    _ => self.panel.finish(pending, found, at, Instant::now()),
+                }
             }
         };
         self.carry_out(decision).await;
+    }
+
+    /// [`Self::identify`], with the lookup key computed (to bind a tag being learned).
+    async fn identify_keyed(&self, code: Code) -> (Option<LookupKey>, panel::Found) {
+        let keyer = self.keyer.clone();
+        let store = self.store.clone();
+        let result = blocking(move || {
+            let key = keyer.key(&code);
+            store.credential_by_key(&key).map(|found| (key, found))
+        })
+        .await;
+        match result {
+            Ok((key, found)) => (Some(key), Ok(found)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up a code");
+                (None, Err(()))
+            }
+        }
     }
 
     /// One Argon2id computation (off the runtime) and one lookup.
