@@ -109,6 +109,25 @@ pub async fn run_with_store(
             daemon.topics.config_set
         );
     }
+    // A learning survives nothing: one that a stop cut short has ended.
+    if let Some(learning) = daemon
+        .store
+        .meta(panel::TAG_LEARNING)?
+        .filter(|bytes| !bytes.is_empty())
+    {
+        let mut change = Change {
+            meta: vec![(panel::TAG_LEARNING, Vec::new())],
+            ..Change::default()
+        };
+        if let Ok(learning) = serde_json::from_slice::<panel::Learning>(&learning) {
+            tracing::info!(
+                user = learning.user,
+                "a tag learning ended with the restart"
+            );
+            change.events.push(panel::learn_expired(&learning, now));
+        }
+        daemon.record(change).await;
+    }
     // A delay that ran out while the daemon was down takes effect now.
     // The state itself is published once the subscriptions are acknowledged (`announce`).
     daemon.tick(now).await;
@@ -727,6 +746,9 @@ impl Daemon {
             admin::apply(&ctx, &req, &authority)
         })
         .await?;
+        if let Some(learning) = applied.learn {
+            return self.start_learning(learning, applied.result).await;
+        }
         let Some(mut change) = applied.change else {
             return Ok(applied.result);
         };
@@ -751,6 +773,38 @@ fn waiting_line(config: &Config) -> String {
         "waiting for the broker at {}:{}",
         config.mqtt.host, config.mqtt.port
     )
+}
+
+impl Daemon {
+    /// Starts a `learn_tag` (DESIGN 10b), replacing any other; marked in the store so that a
+    /// restart tells it ended.
+    async fn start_learning(
+        &mut self,
+        learning: panel::Learning,
+        result: Value,
+    ) -> Result<Value, CommandError> {
+        if let Some(keypad) = &learning.keypad {
+            if !self.config.keypads.iter().any(|k| &k.name == keypad) {
+                return Err(CommandError::NotFound(
+                    "no keypad has that name (see `keypads` in the config)".into(),
+                ));
+            }
+        }
+        let marker = serde_json::to_vec(&learning).unwrap_or_default();
+        tracing::info!(
+            user = learning.user,
+            keypad = learning.keypad.as_deref().unwrap_or("any"),
+            until = %learning.until,
+            "learning a tag"
+        );
+        self.panel.start_learning(learning);
+        self.commit(Change {
+            meta: vec![(panel::TAG_LEARNING, marker)],
+            ..Change::default()
+        })
+        .await?;
+        Ok(result)
+    }
 }
 
 /// Runs blocking work (Argon2, sled, fsync) off the runtime; a panic there becomes an error.

@@ -46,6 +46,9 @@ const IGNORED_TRIGGER_QUIET_S: i64 = 10;
 /// counts and lockouts of the same change (the file beside the store follows it).
 pub const ALARM_STATE: &str = "alarm_state";
 pub const HOMEASSISTANT: &str = "homeassistant";
+/// The `meta` key marking a running `learn_tag` (empty when none): a learning survives
+/// nothing, and one that a restart cut short is told as `tag_learn_expired`.
+pub const TAG_LEARNING: &str = "tag_learning";
 
 /// What `B/alarm/attributes` says about the last change, kept with the alarm state.
 /// Every field has a default: a damaged or older description never stops the daemon.
@@ -228,7 +231,7 @@ pub struct Pending {
 
 /// A running `learn_tag` (DESIGN 10b): the next unknown tag presented before `until` (at
 /// `keypad`, or any) is bound to the user. Kept in memory only: a learning survives nothing.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Learning {
     pub user_id: String,
     pub user: String,
@@ -456,6 +459,7 @@ impl Panel {
             .push((key, crate::store::code_entry(&user.id, Credential::Tag)));
         change.put_users.push(user);
         change.events.push(event);
+        change.meta.push((TAG_LEARNING, Vec::new()));
         let decision = Decision {
             change,
             answer: Some(Answer::TagLearned),
@@ -515,6 +519,7 @@ impl Panel {
             return expired.map(|event| Decision {
                 change: Change {
                     events: vec![event],
+                    meta: vec![(TAG_LEARNING, Vec::new())],
                     ..Change::default()
                 },
                 ..Decision::default()
@@ -524,7 +529,10 @@ impl Panel {
             events: self.transition_events(&transitions),
             ..Change::default()
         };
-        change.events.extend(expired);
+        if let Some(event) = expired {
+            change.events.push(event);
+            change.meta.push((TAG_LEARNING, Vec::new()));
+        }
         change.meta.push((ALARM_STATE, self.next_saved()));
         Some(Decision {
             change,
@@ -1515,9 +1523,10 @@ keypads:
         assert!(carol.tags[0].id.starts_with("t_"));
         assert_eq!(carol.tags[0].key, key().to_hex());
         assert_eq!(d.change.put_codes, vec![(key(), "u_carol/tag".to_owned())]);
-        assert!(
-            d.change.meta.is_empty(),
-            "no failure counted, no alarm change"
+        assert_eq!(
+            d.change.meta,
+            vec![(TAG_LEARNING, Vec::new())],
+            "no failure counted, no alarm change; the learning is over"
         );
         // One learning, one tag: the next unknown tag is refused.
         assert!(p.learning().is_none());
