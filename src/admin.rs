@@ -18,8 +18,8 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::codes::{wipe_json, Code, LookupKey, LookupKeyer, WipedJson};
 use crate::events::{Event, EventType};
 use crate::keypad::TypedCode;
-use crate::store::{Change, Store, StoreError};
-use crate::users::{names_equal, Credential, DenyReason, Role, Use, User, Window};
+use crate::store::{code_entry, Change, Store, StoreError};
+use crate::users::{names_equal, Credential, DenyReason, Role, Tag, Use, User, Window, MAX_TAGS};
 
 /// Commands larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -132,7 +132,28 @@ pub enum AdminCommand {
         before: Option<u64>,
         user: Option<String>,
     },
+    /// DESIGN 10b: a tag's value, normalised and checked like a code.
+    AddTag {
+        user: String,
+        tag: Code,
+        label: Option<String>,
+    },
+    RemoveTag {
+        user: String,
+        /// The tag's id (`t_…`), never its value.
+        tag: String,
+    },
+    LearnTag {
+        user: String,
+        /// A keypad's `name`; `None` = any keypad.
+        keypad: Option<String>,
+        within_s: u64,
+    },
 }
+
+/// `learn_tag`'s window: 60 s unless given, at most 300 (DESIGN 10b).
+pub const LEARN_DEFAULT_S: u64 = 60;
+pub const LEARN_MAX_S: u64 = 300;
 
 impl AdminCommand {
     /// Its name on the wire.
@@ -149,6 +170,9 @@ impl AdminCommand {
             AdminCommand::DeleteUser { .. } => "delete_user",
             AdminCommand::ListUsers => "list_users",
             AdminCommand::Activity { .. } => "activity",
+            AdminCommand::AddTag { .. } => "add_tag",
+            AdminCommand::RemoveTag { .. } => "remove_tag",
+            AdminCommand::LearnTag { .. } => "learn_tag",
         }
     }
 
@@ -218,6 +242,33 @@ impl AdminCommand {
                     user: f.string("user")?.flatten(),
                 }
             }
+            "add_tag" => AdminCommand::AddTag {
+                user: f.target()?,
+                tag: f.tag("tag")?.ok_or_else(|| missing(name, "tag"))?,
+                label: f.string("label")?.flatten(),
+            },
+            "remove_tag" => AdminCommand::RemoveTag {
+                user: f.target()?,
+                tag: f
+                    .string("tag")?
+                    .flatten()
+                    .ok_or_else(|| missing(name, "tag"))?,
+            },
+            "learn_tag" => {
+                let user = f.target()?;
+                let keypad = f.string("keypad")?.flatten();
+                let within_s = f.positive("within_s")?.flatten().unwrap_or(LEARN_DEFAULT_S);
+                if within_s > LEARN_MAX_S {
+                    return Err(CommandError::InvalidField(format!(
+                        "`within_s` is at most {LEARN_MAX_S}"
+                    )));
+                }
+                AdminCommand::LearnTag {
+                    user,
+                    keypad,
+                    within_s,
+                }
+            }
             _ => return Err(CommandError::UnknownCommand("unknown command".into())),
         };
         f.finish()?;
@@ -248,6 +299,18 @@ impl AdminCommand {
             | AdminCommand::DeleteUser { user } => user.zeroize(),
             AdminCommand::Activity { user, .. } => user.zeroize(),
             AdminCommand::ListUsers => {}
+            AdminCommand::AddTag { user, label, .. } => {
+                user.zeroize();
+                label.zeroize();
+            }
+            AdminCommand::RemoveTag { user, tag } => {
+                user.zeroize();
+                tag.zeroize();
+            }
+            AdminCommand::LearnTag { user, keypad, .. } => {
+                user.zeroize();
+                keypad.zeroize();
+            }
         }
     }
 }
@@ -286,6 +349,8 @@ impl Request {
             AdminCommand::AddUser { code: Some(_), .. }
                 | AdminCommand::SetCode { .. }
                 | AdminCommand::SetDuressCode { .. }
+                | AdminCommand::AddTag { .. }
+                | AdminCommand::LearnTag { .. }
         )
     }
 
@@ -425,7 +490,7 @@ pub fn parse(
     })
 }
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 14] = [
     "add_user",
     "update_user",
     "set_code",
@@ -437,6 +502,9 @@ const COMMANDS: [&str; 11] = [
     "delete_user",
     "list_users",
     "activity",
+    "add_tag",
+    "remove_tag",
+    "learn_tag",
 ];
 
 /// On whose authority a command runs.
@@ -607,6 +675,8 @@ pub struct Context<'a> {
 pub struct Applied {
     pub change: Option<Change>,
     pub result: Value,
+    /// A `learn_tag` to start in the panel.
+    pub learn: Option<crate::panel::Learning>,
 }
 
 /// A decided command, before it becomes a result: the change and what the result reports.
@@ -616,6 +686,8 @@ pub struct Decision {
     pub report: Report,
     /// Accepted but probably not meant (DESIGN 10c), in plain words; never a code.
     pub warnings: Vec<String>,
+    /// A `learn_tag` to start in the panel.
+    pub learn: Option<crate::panel::Learning>,
 }
 
 /// What a success result carries besides `id`, `ok` and `command`.
@@ -672,9 +744,16 @@ pub fn apply(
     if !decision.warnings.is_empty() {
         body.insert("warnings".into(), json!(decision.warnings));
     }
+    if let Some(learning) = &decision.learn {
+        body.insert(
+            "learning".into(),
+            json!({"keypad": learning.keypad, "until": learning.until}),
+        );
+    }
     Ok(Applied {
         change: decision.change,
         result: success(request, body),
+        learn: decision.learn,
     })
 }
 
@@ -716,12 +795,20 @@ pub fn decide(
             change: None,
             report: Report::Users(ctx.store.users()?),
             warnings: Vec::new(),
+            learn: None,
         }),
         AdminCommand::Activity {
             limit,
             before,
             user,
         } => d.activity(*limit, *before, user.as_deref()),
+        AdminCommand::AddTag { user, tag, label } => d.add_tag(user, tag, label.as_deref()),
+        AdminCommand::RemoveTag { user, tag } => d.remove_tag(user, tag),
+        AdminCommand::LearnTag {
+            user,
+            keypad,
+            within_s,
+        } => d.learn_tag(user, keypad.as_deref(), *within_s),
     }
 }
 
@@ -805,7 +892,7 @@ fn warnings(user: &User, code: Option<(&Code, Credential)>, now: Timestamp) -> V
     if let Some((code, which)) = code {
         if code.is_common() {
             let what = match which {
-                Credential::Code => "the code",
+                Credential::Code | Credential::Tag => "the code",
                 Credential::Duress => "the duress code",
             };
             warnings.push(format!(
@@ -888,6 +975,7 @@ impl Decider<'_> {
             change: Some(change),
             report: Report::User(Box::new(user)),
             warnings,
+            learn: None,
         })
     }
 
@@ -1016,6 +1104,9 @@ impl Decider<'_> {
             Simple::Delete => {
                 change.delete_codes.extend(old_key);
                 change.delete_codes.extend(old_duress);
+                change
+                    .delete_codes
+                    .extend(user.tags.iter().filter_map(|t| LookupKey::from_hex(&t.key)));
                 change.delete_users.push(user.id.clone());
                 EventType::UserDeleted
             }
@@ -1033,6 +1124,102 @@ impl Decider<'_> {
             change: Some(change),
             report: Report::User(Box::new(user)),
             warnings: Vec::new(),
+            learn: None,
+        })
+    }
+
+    /// A user with room for one more tag (DESIGN 10b: at most 8).
+    fn tag_holder(&self, who: &str) -> Result<User, CommandError> {
+        let user = self.target(who)?;
+        self.guard(&user)?;
+        if user.tags.len() >= MAX_TAGS {
+            return Err(CommandError::InvalidField(format!(
+                "a user has at most {MAX_TAGS} tags; remove one with remove_tag first"
+            )));
+        }
+        Ok(user)
+    }
+
+    fn add_tag(
+        &self,
+        who: &str,
+        tag: &Code,
+        label: Option<&str>,
+    ) -> Result<Decision, CommandError> {
+        let mut user = self.tag_holder(who)?;
+        let key = self.ctx.keyer.key(tag);
+        if self.ctx.store.credential_by_key(&key)?.is_some() {
+            return Err(CommandError::DuplicateCode(
+                "that tag is already in use; a tag belongs to one person".into(),
+            ));
+        }
+        let id = crate::panel::new_tag_id(&user);
+        user.tags.push(Tag {
+            id: id.clone(),
+            label: label.map(str::to_owned),
+            added_at: self.ctx.now,
+            key: key.to_hex(),
+        });
+        user.updated_at = self.ctx.now;
+        let mut change = Change::default();
+        change
+            .put_codes
+            .push((key, code_entry(&user.id, Credential::Tag)));
+        let mut added = self.event(EventType::TagAdded, &user);
+        added.tag_id = Some(id);
+        change.events.push(added);
+        change.put_users.push(user.clone());
+        self.changed(user, change, None)
+    }
+
+    fn remove_tag(&self, who: &str, tag_id: &str) -> Result<Decision, CommandError> {
+        let mut user = self.target(who)?;
+        self.guard(&user)?;
+        let Some(at) = user.tags.iter().position(|t| t.id == tag_id) else {
+            return Err(CommandError::NotFound(
+                "that user has no tag with that id (see `tags` in list_users)".into(),
+            ));
+        };
+        let tag = user.tags.remove(at);
+        user.updated_at = self.ctx.now;
+        let mut change = Change::default();
+        change.delete_codes.extend(LookupKey::from_hex(&tag.key));
+        let mut removed = self.event(EventType::TagRemoved, &user);
+        removed.tag_id = Some(tag.id);
+        change.events.push(removed);
+        change.put_users.push(user.clone());
+        self.changed(user, change, None)
+    }
+
+    /// Starts a learning: nothing is stored (a learning survives nothing).
+    fn learn_tag(
+        &self,
+        who: &str,
+        keypad: Option<&str>,
+        within_s: u64,
+    ) -> Result<Decision, CommandError> {
+        let user = self.tag_holder(who)?;
+        let secs = i64::try_from(within_s).unwrap_or(LEARN_MAX_S as i64);
+        let until = self
+            .ctx
+            .now
+            .checked_add(jiff::SignedDuration::from_secs(secs))
+            .unwrap_or(Timestamp::MAX);
+        let learn = crate::panel::Learning {
+            user_id: user.id.clone(),
+            user: user.name.clone(),
+            keypad: keypad.map(str::to_owned),
+            until,
+            by: self
+                .authority
+                .actor()
+                .map(|a| (a.name.clone(), a.id.clone())),
+        };
+        Ok(Decision {
+            change: None,
+            report: Report::User(Box::new(user)),
+            warnings: Vec::new(),
+            learn: Some(learn),
         })
     }
 
@@ -1067,6 +1254,7 @@ impl Decider<'_> {
             change: None,
             report: Report::Entries(entries),
             warnings: Vec::new(),
+            learn: None,
         })
     }
 }
@@ -1296,6 +1484,19 @@ impl<'a> Fields<'a> {
             .map_err(|e| CommandError::InvalidCodeFormat(e.to_string()))
     }
 
+    /// Format-checks a tag field (DESIGN 10b); its lookup key comes later.
+    fn tag(&mut self, key: &'static str) -> Result<Option<Code>, CommandError> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Code::tag(s)
+                .map(Some)
+                .map_err(|e| CommandError::InvalidCodeFormat(e.to_string())),
+            Some(_) => Err(CommandError::InvalidCodeFormat(
+                "a tag must be a JSON string such as \"74-10-37-94\" or \"+3DD5FCFF\"".into(),
+            )),
+        }
+    }
+
     /// The `user` field naming the command's target (by id or by name).
     fn target(&mut self) -> Result<String, CommandError> {
         match self.string("user")? {
@@ -1421,7 +1622,7 @@ mod tests {
                     .users
                     .iter()
                     .find_map(|u| {
-                        [Credential::Code, Credential::Duress]
+                        [Credential::Code, Credential::Duress, Credential::Tag]
                             .into_iter()
                             .find(|which| code_entry(&u.id, *which) == entry)
                             .map(|which| (u.id.clone(), which))
@@ -2374,6 +2575,192 @@ mod tests {
     }
 
     #[test]
+    fn tags_are_read_normalised_and_malformed_ones_are_invalid_code_format() {
+        let r = parsed(
+            json!({"command": "add_tag", "user": "Carol", "tag": "+3dd5fcff", "label": "blue fob"}),
+        )
+        .unwrap();
+        let AdminCommand::AddTag { tag, label, .. } = &r.command else {
+            panic!("{r:?}")
+        };
+        assert_eq!(tag, &Code::tag("3D:D5:FC:FF").unwrap());
+        assert_eq!(label.as_deref(), Some("blue fob"));
+        for bad in [
+            json!("12-34"),
+            json!("nothex!!"),
+            json!(74103794),
+            json!("A".repeat(21)),
+        ] {
+            let e = refused(json!({"command": "add_tag", "user": "Carol", "tag": bad}));
+            assert_eq!(e.kind(), "invalid_code_format", "{bad}");
+        }
+        assert_eq!(
+            refused(json!({"command": "add_tag", "user": "Carol"})).kind(),
+            "missing_field"
+        );
+        let r = parsed(json!({"command": "learn_tag", "user": "Carol"})).unwrap();
+        assert!(matches!(
+            r.command,
+            AdminCommand::LearnTag {
+                within_s: 60,
+                keypad: None,
+                ..
+            }
+        ));
+        let r = parsed(
+            json!({"command": "learn_tag", "user": "Carol", "keypad": "hall", "within_s": 300}),
+        )
+        .unwrap();
+        assert!(matches!(
+            r.command,
+            AdminCommand::LearnTag {
+                within_s: 300,
+                keypad: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            refused(json!({"command": "learn_tag", "user": "Carol", "within_s": 301})).kind(),
+            "invalid_field"
+        );
+        // The fingerprint never holds the tag.
+        let r =
+            parsed(json!({"command": "add_tag", "user": "Carol", "tag": "74-10-37-94"})).unwrap();
+        let fp = String::from_utf8(r.fingerprint_input().to_vec()).unwrap();
+        assert!(!fp.contains("74-10") && !fp.contains("74103794"), "{fp}");
+    }
+
+    #[test]
+    fn a_tag_is_added_listed_by_id_and_label_removed_and_never_shown() {
+        let mut site = Site::household();
+        let alice = site.user("Alice");
+        let d = site
+            .run(&alice, json!({"command": "add_tag", "user": "Carol", "tag": "74-10-37-94", "label": "fob"}))
+            .unwrap();
+        let Report::User(carol) = &d.report else {
+            panic!()
+        };
+        let entry = serde_json::to_value(carol.roster_entry()).unwrap();
+        let tags = entry["tags"].as_array().unwrap();
+        assert_eq!(tags.len(), 1);
+        assert_eq!(tags[0]["label"], "fob");
+        let id = tags[0]["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("t_"));
+        let text = entry.to_string().to_uppercase();
+        assert!(
+            !text.contains("74103794") && !text.contains("74-10-37-94"),
+            "{text}"
+        );
+        let added = site.users.events.last().unwrap();
+        assert_eq!(added.event_type, EventType::TagAdded);
+        assert_eq!(added.tag_id.as_deref(), Some(id.as_str()));
+        assert_eq!(added.by.as_deref(), Some("Alice"));
+        // Found by its lookup key as Carol's tag.
+        let key = site.keyer.key(&Code::tag("74103794").unwrap());
+        let (holder, which) = site.users.credential_by_key(&key).unwrap().unwrap();
+        assert_eq!((holder.name.as_str(), which), ("Carol", Credential::Tag));
+        // The same tag again, in another spelling, for anyone: duplicate_code.
+        assert_eq!(
+            site.outcome(
+                &alice,
+                json!({"command": "add_tag", "user": "Bob", "tag": "+74103794"})
+            ),
+            "duplicate_code"
+        );
+        assert_eq!(
+            site.outcome(
+                &alice,
+                json!({"command": "remove_tag", "user": "Carol", "tag": "t_nope"})
+            ),
+            "not_found"
+        );
+        site.run(
+            &alice,
+            json!({"command": "remove_tag", "user": "Carol", "tag": id}),
+        )
+        .unwrap();
+        assert!(site.users.get("Carol").tags.is_empty());
+        assert!(site.users.credential_by_key(&key).unwrap().is_none());
+        assert_eq!(
+            site.users.events.last().unwrap().event_type,
+            EventType::TagRemoved
+        );
+    }
+
+    #[test]
+    fn at_most_eight_tags_an_admin_cannot_touch_the_masters_and_deleting_frees_them() {
+        let mut site = Site::household();
+        let alice = site.user("Alice");
+        for i in 0..8 {
+            let tag = format!("AABBCC{i:02}");
+            assert_eq!(
+                site.outcome(
+                    &alice,
+                    json!({"command": "add_tag", "user": "Carol", "tag": tag})
+                ),
+                "ok"
+            );
+        }
+        assert_eq!(
+            site.outcome(
+                &alice,
+                json!({"command": "add_tag", "user": "Carol", "tag": "AABBCC99"})
+            ),
+            "invalid_field"
+        );
+        assert_eq!(
+            site.outcome(&alice, json!({"command": "learn_tag", "user": "Carol"})),
+            "invalid_field"
+        );
+        let bob = site.user("Bob");
+        assert_eq!(
+            site.outcome(
+                &bob,
+                json!({"command": "add_tag", "user": "Alice", "tag": "DDEEFF00"})
+            ),
+            "forbidden"
+        );
+        assert_eq!(
+            site.outcome(
+                &alice,
+                json!({"command": "add_tag", "user": "Alice", "tag": "DDEEFF00"})
+            ),
+            "ok"
+        );
+        site.run(&alice, json!({"command": "delete_user", "user": "Carol"}))
+            .unwrap();
+        assert_eq!(
+            site.outcome(
+                &alice,
+                json!({"command": "add_tag", "user": "Bob", "tag": "AABBCC00"})
+            ),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn learn_tag_stores_nothing_and_names_the_user_keypad_and_window() {
+        let mut site = Site::household();
+        let alice = site.user("Alice");
+        let d = site
+            .run(
+                &alice,
+                json!({"command": "learn_tag", "user": "Carol", "keypad": "hall", "within_s": 90}),
+            )
+            .unwrap();
+        assert!(d.change.is_none(), "a learning survives nothing");
+        let learn = d.learn.unwrap();
+        assert_eq!(learn.user, "Carol");
+        assert_eq!(learn.keypad.as_deref(), Some("hall"));
+        assert_eq!(learn.until, site.now + jiff::SignedDuration::from_secs(90));
+        assert_eq!(learn.by.unwrap().0, "Alice");
+        assert_eq!(
+            site.outcome(&alice, json!({"command": "learn_tag", "user": "Nobody"})),
+            "not_found"
+        );
+    }
+
+    #[test]
     fn commands_that_set_a_code_are_told_apart_for_the_ration() {
         let sets = |command: Value| parsed(command).unwrap().sets_code();
         assert!(sets(
@@ -2390,6 +2777,14 @@ mod tests {
             json!({"command": "set_duress_code", "user": "A", "code": "1234"})
         ));
         assert!(!sets(json!({"command": "clear_code", "user": "A"})));
+        // Each tag answer says whether the tag is free: rationed like a code.
+        assert!(sets(
+            json!({"command": "add_tag", "user": "A", "tag": "74-10-37-94"})
+        ));
+        assert!(sets(json!({"command": "learn_tag", "user": "A"})));
+        assert!(!sets(
+            json!({"command": "remove_tag", "user": "A", "tag": "t_000001"})
+        ));
         let bootstrap = |command: Value| parsed(command).unwrap().is_master_bootstrap();
         assert!(bootstrap(
             json!({"command": "add_user", "name": "A", "role": "master"})

@@ -202,14 +202,18 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
 /// The `users` table: a header row, then one line per user; a user whose rules refuse the
 /// code at `now` (expired, not yet valid, uses exhausted) is marked at the end of the line.
 fn write_users(users: &[User], now: Timestamp, out: &mut dyn Write) -> anyhow::Result<()> {
-    let row = |out: &mut dyn Write, cells: [&str; 7]| {
-        let [id, name, role, status, code, uses, rules] = cells;
-        let line = format!("{id:<10} {name:<20} {role:<8} {status:<8} {code:<7} {uses:<5} {rules}");
+    let row = |out: &mut dyn Write, cells: [&str; 8]| {
+        let [id, name, role, status, code, uses, tags, rules] = cells;
+        let line = format!(
+            "{id:<10} {name:<20} {role:<8} {status:<8} {code:<7} {uses:<5} {tags:<4} {rules}"
+        );
         writeln!(out, "{}", line.trim_end())
     };
     row(
         out,
-        ["ID", "NAME", "ROLE", "STATUS", "CODE", "USES", "RULES"],
+        [
+            "ID", "NAME", "ROLE", "STATUS", "CODE", "USES", "TAGS", "RULES",
+        ],
     )?;
     for u in users {
         let mut rules = Vec::new();
@@ -224,6 +228,11 @@ fn write_users(users: &[User], now: Timestamp, out: &mut dyn Write) -> anyhow::R
         }
         if let Some(m) = u.max_uses {
             rules.push(format!("max {m} uses"));
+        }
+        // Tags by label only (DESIGN 10b: never the value).
+        let labels: Vec<&str> = u.tags.iter().filter_map(|t| t.label.as_deref()).collect();
+        if !labels.is_empty() {
+            rules.push(format!("tags: {}", labels.join(", ")));
         }
         let mut rules = rules.join(", ");
         if let Some(reason) = u.refused_by_rules(now) {
@@ -246,6 +255,7 @@ fn write_users(users: &[User], now: Timestamp, out: &mut dyn Write) -> anyhow::R
                 if u.active { "active" } else { "inactive" },
                 if u.has_code() { "code" } else { "no code" },
                 &u.uses.to_string(),
+                &u.tags.len().to_string(),
                 &rules,
             ],
         )?;
@@ -263,6 +273,8 @@ pub fn activity(config: &Config, limit: usize, out: &mut dyn Write) -> anyhow::R
             ("source", &e.source),
             ("reason", &e.reason),
             ("by", &e.by),
+            ("credential", &e.credential),
+            ("tag", &e.tag_id),
         ] {
             if let Some(v) = value {
                 line.push_str(&format!(" {key}={v}"));
@@ -270,6 +282,9 @@ pub fn activity(config: &Config, limit: usize, out: &mut dyn Write) -> anyhow::R
         }
         if let Some(until) = e.until {
             line.push_str(&format!(" until={until}"));
+        }
+        if e.learned == Some(true) {
+            line.push_str(" learned");
         }
         writeln!(out, "{line}")?;
     }
@@ -454,6 +469,14 @@ mod tests {
         spent.uses = 1;
         let mut fine = person("u_4", "Bob");
         fine.valid_until = Some("2026-12-08T12:00:00Z".parse().unwrap());
+        for label in [Some("blue fob"), None] {
+            fine.tags.push(crate::users::Tag {
+                id: format!("t_{}", fine.tags.len()),
+                label: label.map(str::to_owned),
+                added_at: now,
+                key: "ab".repeat(32),
+            });
+        }
         let mut master = User::new("u_0".into(), "Alice".into(), Role::Master, now);
         master.valid_until = expired.valid_until;
         let mut out = Vec::new();
@@ -475,6 +498,12 @@ mod tests {
         assert!(lines[3].contains("<- not valid yet"), "{text}");
         assert!(lines[4].contains("<- uses exhausted"), "{text}");
         assert!(!lines[5].contains("refused"), "{text}");
+        assert!(lines[0].contains(" TAGS "), "{text}");
+        assert!(
+            lines[5].contains(" 2    ") && lines[5].contains("tags: blue fob"),
+            "two tags, by label: {text}"
+        );
+        assert!(!text.contains("abab"), "never a tag's key: {text}");
         assert!(
             lines[2].contains(" user ") && lines[2].contains(" code "),
             "{text}"

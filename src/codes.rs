@@ -35,7 +35,16 @@ pub enum CodeFormatError {
     NotDigits,
     #[error("a code has {min} to {max} digits")]
     Length { len: usize, min: usize, max: usize },
+    #[error(
+        "a tag is 6 to 20 hex digits (a leading +, and -, : or spaces between them, are dropped)"
+    )]
+    Tag,
 }
+
+/// The lookup-key domain of tags: a code is digits only, so no tag's input is a code's.
+const TAG_DOMAIN: &str = "tag:";
+const TAG_MIN: usize = 6;
+const TAG_MAX: usize = 20;
 
 impl Code {
     /// Checks the format rules of DESIGN.md 1: ASCII digits only, `min..=max` of them.
@@ -51,13 +60,41 @@ impl Code {
         Ok(Code(raw.to_owned()))
     }
 
+    /// An RFID tag's value (DESIGN 10b), normalised: a leading `+` dropped, `-`, `:` and
+    /// spaces dropped, upper-cased; then 6 to 20 hex digits (a Wiegand reader's decimal number
+    /// is hex digits too). Kept with the tag domain prefix, so that its lookup key can never be
+    /// a code's (a code is digits only).
+    pub fn tag(raw: &str) -> Result<Code, CodeFormatError> {
+        let raw = raw.trim();
+        let raw = raw.strip_prefix('+').unwrap_or(raw);
+        let mut value: String = raw
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':' | ' '))
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let ok = value.bytes().all(|b| b.is_ascii_hexdigit())
+            && (TAG_MIN..=TAG_MAX).contains(&value.len());
+        let result = if ok {
+            Ok(Code(format!("{TAG_DOMAIN}{value}")))
+        } else {
+            Err(CodeFormatError::Tag)
+        };
+        zeroize::Zeroize::zeroize(&mut value);
+        result
+    }
+
+    /// Whether this is an RFID tag rather than a typed code.
+    pub fn is_tag(&self) -> bool {
+        self.0.starts_with(TAG_DOMAIN)
+    }
+
     fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
 
     /// Whether this is one of the commonest PINs (DESIGN 10c), the ones a guesser tries first.
     pub fn is_common(&self) -> bool {
-        COMMON_PINS.contains(&self.0.as_str())
+        !self.is_tag() && COMMON_PINS.contains(&self.0.as_str())
     }
 }
 
@@ -254,6 +291,56 @@ impl LookupKeyer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_are_normalised_and_checked() {
+        let a = Code::tag("+3DD5FCFF").unwrap();
+        assert_eq!(a, Code::tag("3d:d5:fc:ff").unwrap());
+        assert_eq!(a, Code::tag("3D-D5-FC-FF").unwrap());
+        assert_eq!(a, Code::tag("3d d5 fc ff").unwrap());
+        assert!(a.is_tag());
+        assert_eq!(
+            Code::tag("74-10-37-94").unwrap(),
+            Code::tag("74103794").unwrap()
+        );
+        // A Wiegand reader's decimal number, as it is.
+        assert!(Code::tag("0012345678").is_ok());
+        for bad in [
+            "",
+            "+",
+            "ABCDE",
+            "12345",
+            "G1234567",
+            "+3DD5FCFF!",
+            &"A".repeat(21),
+        ] {
+            assert_eq!(Code::tag(bad), Err(CodeFormatError::Tag), "{bad}");
+        }
+        assert!(!Code::parse("1234", 4, 8).unwrap().is_tag());
+        assert!(!Code::tag("123456").unwrap().is_common());
+    }
+
+    #[test]
+    fn a_tag_of_digits_never_has_the_key_of_the_same_code() {
+        let keyer = LookupKeyer::new(
+            &[7u8; 32],
+            &[9u8; 16],
+            Argon2Params {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+        )
+        .unwrap();
+        let code = Code::parse("123456", 4, 8).unwrap();
+        let tag = Code::tag("123456").unwrap();
+        assert_ne!(keyer.key(&code), keyer.key(&tag));
+        assert_eq!(
+            keyer.computations(),
+            2,
+            "one Argon2id per check, tag or code"
+        );
+    }
 
     #[test]
     fn wiping_a_parsed_message_overwrites_every_string_in_it() {

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use serde_json::{json, Value};
 
 use crate::admin::{self, Authority, CommandError, Gate};
-use crate::codes::{Code, LookupKeyer};
+use crate::codes::{Code, LookupKey, LookupKeyer};
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
 use crate::homeassistant;
 use crate::keypad::{self, homeassistant as ha_keypad, json as json_keypad, zigbee2mqtt, Parsed};
@@ -108,6 +108,25 @@ pub async fn run_with_store(
              who can publish on {} can create the master",
             daemon.topics.config_set
         );
+    }
+    // A learning survives nothing: one that a stop cut short has ended.
+    if let Some(learning) = daemon
+        .store
+        .meta(panel::TAG_LEARNING)?
+        .filter(|bytes| !bytes.is_empty())
+    {
+        let mut change = Change {
+            meta: vec![(panel::TAG_LEARNING, Vec::new())],
+            ..Change::default()
+        };
+        if let Ok(learning) = serde_json::from_slice::<panel::Learning>(&learning) {
+            tracing::info!(
+                user = learning.user,
+                "a tag learning ended with the restart"
+            );
+            change.events.push(panel::learn_expired(&learning, now));
+        }
+        daemon.record(change).await;
     }
     // A delay that ran out while the daemon was down takes effect now.
     // The state itself is published once the subscriptions are acknowledged (`announce`).
@@ -390,11 +409,48 @@ impl Daemon {
         let decision = match step {
             Step::Done(decision) => *decision,
             Step::Identify(pending, code) => {
-                let found = self.identify(code).await;
-                self.panel.finish(pending, found, at, Instant::now())
+                let (key, found) = self.identify_keyed(code).await;
+                // An unknown tag while a learning runs is bound instead of refused.
+                let learner = match (&found, self.panel.learning_for(&pending, at)) {
+                    (Ok(None), Some(user_id)) => {
+                        let store = self.store.clone();
+                        let user_id = user_id.to_owned();
+                        blocking(move || store.user(&user_id))
+                            .await
+                            .map_err(|e| tracing::error!(error = %e, "cannot read the user of a learning"))
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
+                };
+                match (learner, key) {
+                    (Some(user), Some(key)) => {
+                        self.panel
+                            .finish_learned(pending, user, key, at, Instant::now())
+                    }
+                    _ => self.panel.finish(pending, found, at, Instant::now()),
+                }
             }
         };
         self.carry_out(decision).await;
+    }
+
+    /// [`Self::identify`], with the lookup key computed (to bind a tag being learned).
+    async fn identify_keyed(&self, code: Code) -> (Option<LookupKey>, panel::Found) {
+        let keyer = self.keyer.clone();
+        let store = self.store.clone();
+        let result = blocking(move || {
+            let key = keyer.key(&code);
+            store.credential_by_key(&key).map(|found| (key, found))
+        })
+        .await;
+        match result {
+            Ok((key, found)) => (Some(key), Ok(found)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up a code");
+                (None, Err(()))
+            }
+        }
     }
 
     /// One Argon2id computation (off the runtime) and one lookup.
@@ -690,6 +746,9 @@ impl Daemon {
             admin::apply(&ctx, &req, &authority)
         })
         .await?;
+        if let Some(learning) = applied.learn {
+            return self.start_learning(learning, applied.result).await;
+        }
         let Some(mut change) = applied.change else {
             return Ok(applied.result);
         };
@@ -714,6 +773,38 @@ fn waiting_line(config: &Config) -> String {
         "waiting for the broker at {}:{}",
         config.mqtt.host, config.mqtt.port
     )
+}
+
+impl Daemon {
+    /// Starts a `learn_tag` (DESIGN 10b), replacing any other; marked in the store so that a
+    /// restart tells it ended.
+    async fn start_learning(
+        &mut self,
+        learning: panel::Learning,
+        result: Value,
+    ) -> Result<Value, CommandError> {
+        if let Some(keypad) = &learning.keypad {
+            if !self.config.keypads.iter().any(|k| &k.name == keypad) {
+                return Err(CommandError::NotFound(
+                    "no keypad has that name (see `keypads` in the config)".into(),
+                ));
+            }
+        }
+        let marker = serde_json::to_vec(&learning).unwrap_or_default();
+        tracing::info!(
+            user = learning.user,
+            keypad = learning.keypad.as_deref().unwrap_or("any"),
+            until = %learning.until,
+            "learning a tag"
+        );
+        self.panel.start_learning(learning);
+        self.commit(Change {
+            meta: vec![(panel::TAG_LEARNING, marker)],
+            ..Change::default()
+        })
+        .await?;
+        Ok(result)
+    }
 }
 
 /// Runs blocking work (Argon2, sled, fsync) off the runtime; a panic there becomes an error.

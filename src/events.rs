@@ -33,10 +33,14 @@ pub enum EventType {
     UserDeleted,
     /// A lockout lifted by hand (`keypad-bridge unlock`, DESIGN.md 10d).
     Unlocked,
+    /// RFID tags (DESIGN 10b).
+    TagAdded,
+    TagRemoved,
+    TagLearnExpired,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 22] = [
+    pub const ALL: [EventType; 25] = [
         EventType::ArmedHome,
         EventType::ArmedAway,
         EventType::ArmedNight,
@@ -59,6 +63,9 @@ impl EventType {
         EventType::UserReactivated,
         EventType::UserDeleted,
         EventType::Unlocked,
+        EventType::TagAdded,
+        EventType::TagRemoved,
+        EventType::TagLearnExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +92,9 @@ impl EventType {
             EventType::UserReactivated => "user_reactivated",
             EventType::UserDeleted => "user_deleted",
             EventType::Unlocked => "unlocked",
+            EventType::TagAdded => "tag_added",
+            EventType::TagRemoved => "tag_removed",
+            EventType::TagLearnExpired => "tag_learn_expired",
         }
     }
 }
@@ -107,7 +117,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Why a code was refused (`denied`: the rule; `invalid_code`: `wrong_code`,
-    /// `malformed_code`, `no_code`) or a trigger ignored (the alarm state).
+    /// `malformed_code`, `no_code`, `unknown_tag`) or a trigger ignored (the alarm state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The user's notification target, passed through for automations.
@@ -130,6 +140,15 @@ pub struct Event {
     /// For `code_set` / `code_cleared` of a duress code: `"duress"` (DESIGN 10a).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub which: Option<String>,
+    /// `"tag"` when a tag was used (DESIGN 10b); left out for a code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// For `tag_added`: `true` when the tag was learned at a keypad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<bool>,
+    /// For `tag_added` / `tag_removed`: the tag's id (never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_id: Option<String>,
 }
 
 impl Event {
@@ -149,6 +168,9 @@ impl Event {
             target_state: None,
             delay_s: None,
             which: None,
+            credential: None,
+            learned: None,
+            tag_id: None,
         }
     }
 
@@ -202,7 +224,7 @@ mod tests {
         }
         let names: std::collections::HashSet<_> =
             EventType::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), 25);
     }
 
     #[test]

@@ -46,6 +46,9 @@ const IGNORED_TRIGGER_QUIET_S: i64 = 10;
 /// counts and lockouts of the same change (the file beside the store follows it).
 pub const ALARM_STATE: &str = "alarm_state";
 pub const HOMEASSISTANT: &str = "homeassistant";
+/// The `meta` key marking a running `learn_tag` (empty when none): a learning survives
+/// nothing, and one that a restart cut short is told as `tag_learn_expired`.
+pub const TAG_LEARNING: &str = "tag_learning";
 
 /// What `B/alarm/attributes` says about the last change, kept with the alarm state.
 /// Every field has a default: a damaged or older description never stops the daemon.
@@ -59,6 +62,9 @@ pub struct Attributes {
     pub at: Option<Timestamp>,
     pub target_state: Option<String>,
     pub delay_s: u64,
+    /// `"tag"` when the change was made with a tag (DESIGN 10b); never the tag itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// The saved alarm state: the state machine, the last change and the last user.
@@ -126,6 +132,8 @@ pub struct Rules {
     pub max_length: usize,
     pub timings: Timings,
     pub tz: TimeZone,
+    /// `tags.disarm`: whether a tag may disarm (DESIGN 10b).
+    pub tags_disarm: bool,
 }
 
 impl Rules {
@@ -143,6 +151,7 @@ impl Rules {
                 a.trigger_time_s,
             ),
             tz,
+            tags_disarm: config.tags.disarm,
         }
     }
 }
@@ -216,6 +225,21 @@ pub struct Pending {
     request: Request,
     lowers_protection: bool,
     reply_to: ReplyTo,
+    /// A tag rather than a code (DESIGN 10b).
+    tag: bool,
+}
+
+/// A running `learn_tag` (DESIGN 10b): the next unknown tag presented before `until` (at
+/// `keypad`, or any) is bound to the user. Kept in memory only: a learning survives nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Learning {
+    pub user_id: String,
+    pub user: String,
+    /// A keypad's `name`; `None` = any keypad.
+    pub keypad: Option<String>,
+    pub until: Timestamp,
+    /// Who started it (name, id), for the `tag_added` event.
+    pub by: Option<(String, String)>,
 }
 
 /// Where the answer to an attempt goes.
@@ -273,6 +297,7 @@ pub struct Panel {
     /// Each actor's ration of commands that give someone a code.
     code_sets: HashMap<String, Ration>,
     window_s: u64,
+    learning: Option<Learning>,
 }
 
 impl Panel {
@@ -303,6 +328,7 @@ impl Panel {
             quiet: Quiet::default(),
             window_s: rules_window_s(&lockouts),
             lockouts,
+            learning: None,
         }
     }
 
@@ -360,7 +386,86 @@ impl Panel {
     }
 
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.alarm.next_deadline()
+        let learning = self.learning.as_ref().map(|l| l.until);
+        match (self.alarm.next_deadline(), learning) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Starts a learning, replacing any other (one at a time).
+    pub fn start_learning(&mut self, learning: Learning) {
+        self.learning = Some(learning);
+    }
+
+    pub fn learning(&self) -> Option<&Learning> {
+        self.learning.as_ref()
+    }
+
+    /// The user an unknown tag in `pending` would be bound to: a tag, at the learning's keypad
+    /// (or any), before its end.
+    pub fn learning_for(&self, pending: &Pending, now: Timestamp) -> Option<&str> {
+        let learning = self.learning.as_ref()?;
+        let ReplyTo::Keypad { name, .. } = &pending.reply_to else {
+            return None;
+        };
+        let here = learning.keypad.as_ref().is_none_or(|k| k == name);
+        (pending.tag && here && now < learning.until).then_some(learning.user_id.as_str())
+    }
+
+    /// The unknown tag of `pending` (its lookup key `key`) is bound to `user`, the learning's
+    /// user: the tag is added, the alarm does not change, and the keypad is answered as for a
+    /// request that changes nothing. A user who has no room left gets the usual refusal.
+    pub fn finish_learned(
+        &mut self,
+        pending: Pending,
+        mut user: User,
+        key: crate::codes::LookupKey,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Decision {
+        if user.tags.len() >= crate::users::MAX_TAGS {
+            tracing::warn!(
+                user = user.name,
+                "a tag to learn, but the user has 8 tags already: refused"
+            );
+            return self.finish(pending, Ok(None), now, mono);
+        }
+        let Some(learning) = self.learning.take() else {
+            return self.finish(pending, Ok(None), now, mono);
+        };
+        let id = new_tag_id(&user);
+        user.tags.push(crate::users::Tag {
+            id: id.clone(),
+            label: None,
+            added_at: now,
+            key: key.to_hex(),
+        });
+        user.updated_at = now;
+        let mut event = Event::new(EventType::TagAdded, now)
+            .source(&pending.source)
+            .about(&user);
+        if let Some((name, by_id)) = learning.by {
+            event.by = Some(name);
+            event.by_id = Some(by_id);
+        }
+        event.learned = Some(true);
+        event.tag_id = Some(id);
+        event.credential = Some("tag".to_owned());
+        tracing::info!(source = pending.source, user = user.name, "tag learned");
+        let mut change = Change::default();
+        change
+            .put_codes
+            .push((key, crate::store::code_entry(&user.id, Credential::Tag)));
+        change.put_users.push(user);
+        change.events.push(event);
+        change.meta.push((TAG_LEARNING, Vec::new()));
+        let decision = Decision {
+            change,
+            answer: Some(Answer::TagLearned),
+            ..Decision::default()
+        };
+        self.answer(decision, &pending.reply_to, mono)
     }
 
     /// The alarm state as saved (for the alarm-state file).
@@ -404,14 +509,30 @@ impl Panel {
     /// Time has passed whatever the disk says: the decision is published even if its commit
     /// fails (a siren must not wait for a failing SD card).
     pub fn tick(&mut self, now: Timestamp) -> Option<Decision> {
+        let expired = self.learning.as_ref().is_some_and(|l| now >= l.until);
+        let expired = expired
+            .then(|| self.learning.take())
+            .flatten()
+            .map(|l| learn_expired(&l, now));
         let transitions = self.alarm.advance(now, &self.rules.timings);
         if transitions.is_empty() {
-            return None;
+            return expired.map(|event| Decision {
+                change: Change {
+                    events: vec![event],
+                    meta: vec![(TAG_LEARNING, Vec::new())],
+                    ..Change::default()
+                },
+                ..Decision::default()
+            });
         }
         let mut change = Change {
             events: self.transition_events(&transitions),
             ..Change::default()
         };
+        if let Some(event) = expired {
+            change.events.push(event);
+            change.meta.push((TAG_LEARNING, Vec::new()));
+        }
         change.meta.push((ALARM_STATE, self.next_saved()));
         Some(Decision {
             change,
@@ -548,8 +669,11 @@ impl Panel {
             let decision = self.refuse(&source, now, None, "no_code");
             return self.done(decision, &reply_to, mono);
         };
+        let tag = code.is_tag();
         let Ok(code) = code.parse(self.rules.min_length, self.rules.max_length) else {
-            let decision = self.refuse(&source, now, None, "malformed_code");
+            // A tag no reader could give is a tag nobody has.
+            let why = if tag { "unknown_tag" } else { "malformed_code" };
+            let decision = self.refuse(&source, now, None, why);
             return self.done(decision, &reply_to, mono);
         };
         Step::Identify(
@@ -559,6 +683,7 @@ impl Panel {
                 request,
                 lowers_protection,
                 reply_to,
+                tag,
             },
             code,
         )
@@ -578,9 +703,21 @@ impl Panel {
             request,
             lowers_protection,
             reply_to,
+            tag,
         } = pending;
         let decision = match found {
+            Ok(None) if tag => self.refuse(&source, now, None, "unknown_tag"),
             Ok(None) => self.refuse(&source, now, None, "wrong_code"),
+            Ok(Some((user, Credential::Tag))) if lowers_protection && !self.rules.tags_disarm => {
+                let mut decision = self.refuse(
+                    &source,
+                    now,
+                    Some((&user, crate::users::DenyReason::NotPermitted.as_str())),
+                    "",
+                );
+                decision.change.events[0].credential = Some("tag".to_owned());
+                decision
+            }
             Err(()) => Decision::answered(Answer::InvalidCode),
             Ok(Some((user, credential))) => {
                 let what = if lowers_protection {
@@ -589,7 +726,14 @@ impl Panel {
                     Use::Arm
                 };
                 match user.check(what, now, &self.rules.tz) {
-                    Err(reason) => self.refuse(&source, now, Some((&user, reason.as_str())), ""),
+                    Err(reason) => {
+                        let mut decision =
+                            self.refuse(&source, now, Some((&user, reason.as_str())), "");
+                        if credential == Credential::Tag {
+                            decision.change.events[0].credential = Some("tag".to_owned());
+                        }
+                        decision
+                    }
                     Ok(()) => self.change(
                         command,
                         Some((user, credential)),
@@ -719,6 +863,9 @@ impl Panel {
             return decision;
         };
         decision.reply = match protocol {
+            KeypadProtocol::Zigbee2mqtt if answer == Answer::TagLearned => transaction
+                .map(|t| zigbee2mqtt::unchanged_reply(t, self.alarm.state))
+                .map(|reply| Publish::new(Topics::zigbee2mqtt_set(topic), reply, false)),
             KeypadProtocol::Zigbee2mqtt => transaction
                 .and_then(|t| zigbee2mqtt::reply(t, *action, answer))
                 .map(|reply| Publish::new(Topics::zigbee2mqtt_set(topic), reply, false)),
@@ -746,6 +893,7 @@ impl Panel {
         mono: Instant,
     ) -> Decision {
         let duress_code = matches!(user, Some((_, Credential::Duress)));
+        let with_tag = matches!(user, Some((_, Credential::Tag)));
         let user = user.map(|(user, _)| user);
         let undo = Undo {
             alarm: self.alarm.clone(),
@@ -794,6 +942,7 @@ impl Panel {
                     at: Some(now),
                     target_state: Some(self.target_state().as_str().to_owned()),
                     delay_s: self.alarm.seconds_left(now).unwrap_or(0),
+                    credential: with_tag.then(|| "tag".to_owned()),
                 };
                 let events = self.transition_events(&transitions);
                 // The new state, its events, the use count and the lockouts in one commit
@@ -911,6 +1060,7 @@ impl Panel {
                 event.user_id = self.attributes.user_id.clone();
                 event.source = self.attributes.source.clone();
                 event.notify = self.notify.clone();
+                event.credential = self.attributes.credential.clone();
                 if let Some(delay) = t.delay_s {
                     event.delay_s = Some(delay);
                     event.target_state = Some(match t.to {
@@ -927,9 +1077,36 @@ impl Panel {
         let code = match &input.code {
             Some(TypedCode::Text(text)) => text.as_str(),
             Some(TypedCode::NotText) => "\u{0}",
+            Some(TypedCode::Tag(text)) => text.as_str(),
             None => "",
         };
-        self.digest_keys.hash_one((input.action.as_str(), code))
+        let tag = input.code.as_ref().is_some_and(TypedCode::is_tag);
+        self.digest_keys
+            .hash_one((input.action.as_str(), tag, code))
+    }
+}
+
+/// The `tag_learn_expired` event of a learning that ended without a tag.
+pub fn learn_expired(learning: &Learning, now: Timestamp) -> Event {
+    let mut event = Event::new(EventType::TagLearnExpired, now).source(crate::admin::SOURCE);
+    event.user = Some(learning.user.clone());
+    event.user_id = Some(learning.user_id.clone());
+    if let Some((name, id)) = &learning.by {
+        event.by = Some(name.clone());
+        event.by_id = Some(id.clone());
+    }
+    event
+}
+
+/// A tag id not yet among the user's: `t_` and six hex digits.
+pub fn new_tag_id(user: &User) -> String {
+    use rand::RngCore;
+    loop {
+        let n = rand::rng().next_u32() & 0x00ff_ffff;
+        let id = format!("t_{n:06x}");
+        if !user.tags.iter().any(|t| t.id == id) {
+            return id;
+        }
     }
 }
 
@@ -1129,6 +1306,302 @@ keypads:
 
     fn meta_keys(d: &Decision) -> Vec<&'static str> {
         d.change.meta.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn tag_input(action: KeypadAction, tag: &str, transaction: Option<u8>) -> KeypadInput {
+        KeypadInput {
+            action,
+            code: Some(TypedCode::Tag(tag.to_owned())),
+            transaction,
+        }
+    }
+
+    fn key() -> crate::codes::LookupKey {
+        crate::codes::LookupKey([7; 32])
+    }
+
+    #[test]
+    fn a_known_tag_disarms_as_its_user_and_the_events_say_tag() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        front(&mut p, &c, AWAY, Some(&bob), t(0));
+        p.tick(t(31));
+        let d = entry(
+            &mut p,
+            &c,
+            "hall",
+            tag_input(DISARM, "+3DD5FCFF", Some(93)),
+            Some(Ok(Some((bob.clone(), Credential::Tag)))),
+            t(40),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::Accepted));
+        assert_eq!(p.state(), AlarmState::Disarmed);
+        let disarmed = &d.change.events[0];
+        assert_eq!(disarmed.event_type, EventType::Disarmed);
+        assert_eq!(disarmed.user.as_deref(), Some("bob"));
+        assert_eq!(disarmed.credential.as_deref(), Some("tag"));
+        assert_eq!(p.saved().attributes.credential.as_deref(), Some("tag"));
+        let reply = String::from_utf8(d.reply.unwrap().payload).unwrap();
+        assert!(
+            reply.contains("\"disarm\"") && reply.contains("93"),
+            "{reply}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_tag_is_invalid_code_unknown_tag_and_counts() {
+        let (mut p, c) = panel();
+        for i in 0..3 {
+            let d = entry(
+                &mut p,
+                &c,
+                "front",
+                tag_input(DISARM, "74-10-37-94", None),
+                Some(Ok(None)),
+                t(i),
+                Instant::now(),
+            );
+            assert_eq!(d.answer, Some(Answer::InvalidCode));
+            assert_eq!(d.change.events[0].reason.as_deref(), Some("unknown_tag"));
+        }
+        // A malformed tag is a tag nobody has: refused without hashing, counted.
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            tag_input(DISARM, "+XYZ", None),
+            None,
+            t(4),
+            Instant::now(),
+        );
+        assert_eq!(d.change.events[0].reason.as_deref(), Some("unknown_tag"));
+        assert!(
+            event_types(&d).contains(&"lockout"),
+            "{:?}",
+            event_types(&d)
+        );
+        assert!(p.locked("keypad:front", t(5)).is_some());
+    }
+
+    #[test]
+    fn without_code_arm_required_an_unknown_tag_does_not_arm() {
+        let mut c = config_with("");
+        c.alarm.code_arm_required = false;
+        let mut p = panel_of(&c);
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            tag_input(AWAY, "74-10-37-94", None),
+            Some(Ok(None)),
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(p.state(), AlarmState::Disarmed);
+    }
+
+    #[test]
+    fn with_tags_disarm_false_a_tag_arms_but_does_not_disarm() {
+        let mut text = CONFIG.to_owned();
+        text.push_str("tags: {disarm: false}\n");
+        let c = crate::config::parse(&text).unwrap();
+        let mut p = panel_of(&c);
+        let bob = person("bob", Role::User);
+        let tag = || Some(Ok(Some((person("bob", Role::User), Credential::Tag))));
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            tag_input(AWAY, "74103794", None),
+            tag(),
+            t(0),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::Accepted));
+        assert_eq!(p.state(), AlarmState::Arming);
+        let d = entry(
+            &mut p,
+            &c,
+            "front",
+            tag_input(DISARM, "74103794", None),
+            tag(),
+            t(5),
+            Instant::now(),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        assert_eq!(p.state(), AlarmState::Arming);
+        assert_eq!(d.change.events[0].event_type, EventType::Denied);
+        assert_eq!(d.change.events[0].credential.as_deref(), Some("tag"));
+        // The same person's code still disarms.
+        let d = front(&mut p, &c, DISARM, Some(&bob), t(6));
+        assert_eq!(p.state(), AlarmState::Disarmed, "{:?}", d.answer);
+    }
+
+    fn learning(keypad: Option<&str>, until: i64) -> Learning {
+        Learning {
+            user_id: "u_carol".into(),
+            user: "carol".into(),
+            keypad: keypad.map(str::to_owned),
+            until: t(until),
+            by: Some(("alice".into(), "u_alice".into())),
+        }
+    }
+
+    /// Begins a tag entry and, if a learning takes it, binds it to carol.
+    fn present(
+        p: &mut Panel,
+        c: &Config,
+        name: &str,
+        input: KeypadInput,
+        now: Timestamp,
+    ) -> Decision {
+        let keypad = c.keypads.iter().find(|k| k.name == name).unwrap();
+        match p.begin_keypad(keypad, input, now, Instant::now()) {
+            Step::Done(d) => *d,
+            Step::Identify(pending, _) => match p.learning_for(&pending, now) {
+                Some(id) => {
+                    assert_eq!(id, "u_carol");
+                    p.finish_learned(
+                        pending,
+                        person("carol", Role::User),
+                        key(),
+                        now,
+                        Instant::now(),
+                    )
+                }
+                None => p.finish(pending, Ok(None), now, Instant::now()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_learning_binds_the_next_unknown_tag_at_its_keypad_and_changes_nothing() {
+        let (mut p, c) = panel();
+        p.start_learning(learning(Some("hall"), 60));
+        assert_eq!(p.next_deadline(), Some(t(60)));
+        // At another keypad: refused as usual.
+        let d = present(
+            &mut p,
+            &c,
+            "front",
+            tag_input(DISARM, "74-10-37-94", None),
+            t(1),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        // A code is never learned.
+        let d = present(
+            &mut p,
+            &c,
+            "hall",
+            input(DISARM, Some("2468"), Some(3)),
+            t(2),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        let d = present(
+            &mut p,
+            &c,
+            "hall",
+            tag_input(DISARM, "+3DD5FCFF", Some(93)),
+            t(3),
+        );
+        assert_eq!(d.answer, Some(Answer::TagLearned));
+        assert_eq!(p.state(), AlarmState::Disarmed);
+        let reply = String::from_utf8(d.reply.clone().unwrap().payload).unwrap();
+        assert_eq!(
+            reply,
+            r#"{"arm_mode":{"mode":"already_disarmed","transaction":93}}"#
+        );
+        let added = &d.change.events[0];
+        assert_eq!(added.event_type, EventType::TagAdded);
+        assert_eq!(added.learned, Some(true));
+        assert_eq!(added.source.as_deref(), Some("keypad:hall"));
+        assert_eq!(added.user.as_deref(), Some("carol"));
+        let carol = &d.change.put_users[0];
+        assert_eq!(carol.tags.len(), 1);
+        assert!(carol.tags[0].id.starts_with("t_"));
+        assert_eq!(carol.tags[0].key, key().to_hex());
+        assert_eq!(d.change.put_codes, vec![(key(), "u_carol/tag".to_owned())]);
+        assert_eq!(
+            d.change.meta,
+            vec![(TAG_LEARNING, Vec::new())],
+            "no failure counted, no alarm change; the learning is over"
+        );
+        // One learning, one tag: the next unknown tag is refused.
+        assert!(p.learning().is_none());
+        assert_eq!(p.next_deadline(), None);
+        let d = present(
+            &mut p,
+            &c,
+            "hall",
+            tag_input(DISARM, "+3DD5FC00", Some(94)),
+            t(4),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+    }
+
+    #[test]
+    fn a_json_keypad_is_told_tag_learned_and_an_armed_zigbee_keypad_its_mode() {
+        let (mut p, c) = panel();
+        p.start_learning(learning(None, 60));
+        let d = present(
+            &mut p,
+            &c,
+            "front",
+            tag_input(DISARM, "74-10-37-94", None),
+            t(1),
+        );
+        assert_eq!(
+            json_reply(&d),
+            serde_json::json!({"result": "tag_learned", "state": "disarmed"})
+        );
+        let bob = person("bob", Role::User);
+        front(
+            &mut p,
+            &c,
+            KeypadAction::Arm(ArmMode::ArmedHome),
+            Some(&bob),
+            t(2),
+        );
+        assert_eq!(p.state(), AlarmState::ArmedHome);
+        p.start_learning(learning(None, 60));
+        let d = present(
+            &mut p,
+            &c,
+            "hall",
+            tag_input(DISARM, "+3DD5FCFF", Some(7)),
+            t(3),
+        );
+        let reply = String::from_utf8(d.reply.unwrap().payload).unwrap();
+        assert!(reply.contains("arm_day_zones"), "{reply}");
+        assert_eq!(p.state(), AlarmState::ArmedHome);
+    }
+
+    #[test]
+    fn a_learning_ends_on_the_tick_after_its_window_with_tag_learn_expired() {
+        let (mut p, c) = panel();
+        p.start_learning(learning(None, 60));
+        assert!(p.tick(t(59)).is_none());
+        let d = p.tick(t(60)).expect("the learning's end");
+        assert_eq!(event_types(&d), vec!["tag_learn_expired"]);
+        assert_eq!(d.change.events[0].user.as_deref(), Some("carol"));
+        assert!(p.learning().is_none());
+        let d = present(
+            &mut p,
+            &c,
+            "hall",
+            tag_input(DISARM, "+3DD5FCFF", None),
+            t(61),
+        );
+        assert_eq!(d.answer, Some(Answer::InvalidCode));
+        // A new learning replaces the old one.
+        p.start_learning(learning(None, 100));
+        p.start_learning(Learning {
+            user_id: "u_dan".into(),
+            ..learning(None, 200)
+        });
+        assert_eq!(p.learning().unwrap().user_id, "u_dan");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | tree       | key                        | value                                   |
 //! |------------|----------------------------|-----------------------------------------|
 //! | `users`    | user id (UTF-8)            | [`User`] as JSON (no code, only its lookup key) |
-//! | `codes`    | lookup key (32 bytes)      | user id; `<user id>/duress` for a duress code ([`code_entry`]) |
+//! | `codes`    | lookup key (32 bytes)      | user id; `<user id>/duress` for a duress code, `<user id>/tag` for a tag ([`code_entry`]) |
 //! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
 //! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts`, `applied_next` | site values |
 //! | `applied`  | command id (UTF-8)         | `{"fingerprint", "result"}`: a keyed digest of the command, and its result (idempotency) |
@@ -48,12 +48,15 @@ use crate::users::{names_equal, Credential, Role, User};
 const FORMAT: &[u8] = b"1";
 /// Marks a duress code's entry in the `codes` tree (user ids never hold a `/`).
 const DURESS_SUFFIX: &str = "/duress";
+/// Marks a tag's entry in the `codes` tree.
+const TAG_SUFFIX: &str = "/tag";
 
 /// The `codes` tree's value for a user's secret.
 pub fn code_entry(user_id: &str, which: Credential) -> String {
     match which {
         Credential::Code => user_id.to_owned(),
         Credential::Duress => format!("{user_id}{DURESS_SUFFIX}"),
+        Credential::Tag => format!("{user_id}{TAG_SUFFIX}"),
     }
 }
 const SECRET_LEN: usize = 32;
@@ -321,9 +324,12 @@ impl Store {
             return Ok(None);
         };
         let entry = String::from_utf8_lossy(&entry);
-        let (id, which) = match entry.strip_suffix(DURESS_SUFFIX) {
-            Some(id) => (id, Credential::Duress),
-            None => (entry.as_ref(), Credential::Code),
+        let (id, which) = if let Some(id) = entry.strip_suffix(DURESS_SUFFIX) {
+            (id, Credential::Duress)
+        } else if let Some(id) = entry.strip_suffix(TAG_SUFFIX) {
+            (id, Credential::Tag)
+        } else {
+            (entry.as_ref(), Credential::Code)
         };
         Ok(self.user(id)?.map(|user| (user, which)))
     }

@@ -452,6 +452,31 @@ pub struct User {
     pub uses: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// RFID tags (DESIGN 10b), at most [`MAX_TAGS`]: each by its lookup key, never its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// At most this many tags per user (DESIGN 10b).
+pub const MAX_TAGS: usize = 8;
+
+/// One of a user's RFID tags as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tag {
+    /// `t_` and hex digits: how commands and the roster name it.
+    pub id: String,
+    pub label: Option<String>,
+    pub added_at: Timestamp,
+    /// Hex lookup key of the tag in the store. Never published.
+    pub key: String,
+}
+
+/// A tag as the roster lists it: never its value or key.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TagEntry {
+    pub id: String,
+    pub label: Option<String>,
+    pub added_at: Timestamp,
 }
 
 impl User {
@@ -472,6 +497,7 @@ impl User {
             uses: 0,
             created_at: now,
             updated_at: now,
+            tags: Vec::new(),
         }
     }
 
@@ -549,6 +575,15 @@ impl User {
             uses: self.uses,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            tags: self
+                .tags
+                .iter()
+                .map(|t| TagEntry {
+                    id: t.id.clone(),
+                    label: t.label.clone(),
+                    added_at: t.added_at,
+                })
+                .collect(),
         }
     }
 }
@@ -571,6 +606,7 @@ pub struct RosterEntry {
     pub uses: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    pub tags: Vec<TagEntry>,
 }
 
 /// Which of a person's secrets identified them.
@@ -579,6 +615,8 @@ pub enum Credential {
     Code,
     /// Their duress code: the same effect as their code, plus a silent `duress` event.
     Duress,
+    /// One of their RFID tags (DESIGN 10b).
+    Tag,
 }
 
 /// Names are unique case-insensitively ("alice" and "Alice" are one person). Trimming is the
@@ -961,8 +999,20 @@ mod tests {
     }
 
     #[test]
-    fn roster_entry_has_exactly_the_fourteen_keys_and_no_code_key() {
-        let entry = serde_json::to_value(user(Role::User).roster_entry()).unwrap();
+    fn roster_entry_has_exactly_the_fifteen_keys_and_no_code_key() {
+        let mut u = user(Role::User);
+        u.tags.push(Tag {
+            id: "t_00beef".into(),
+            label: Some("blue fob".into()),
+            added_at: "2025-01-02T00:00:00Z".parse().unwrap(),
+            key: "ab".repeat(32),
+        });
+        let entry = serde_json::to_value(u.roster_entry()).unwrap();
+        assert_eq!(
+            entry["tags"],
+            serde_json::json!([{"id": "t_00beef", "label": "blue fob", "added_at": "2025-01-02T00:00:00Z"}])
+        );
+        assert!(!entry.to_string().contains("abab"), "never a tag's key");
         let mut keys: Vec<&str> = entry
             .as_object()
             .unwrap()
@@ -985,6 +1035,7 @@ mod tests {
             "uses",
             "created_at",
             "updated_at",
+            "tags",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);

@@ -488,10 +488,13 @@ fn discovery_describes_a_panel_a_last_user_sensor_and_an_event_entity() {
         "user_reactivated",
         "user_deleted",
         "unlocked",
+        "tag_added",
+        "tag_removed",
+        "tag_learn_expired",
     ] {
         assert!(types.contains(&t), "event_types lacks {t}");
     }
-    assert_eq!(types.len(), 22);
+    assert_eq!(types.len(), 25);
 
     // Retained: a Home Assistant that connects later still finds them.
     let late = Probe::connect(w.broker.port, &[&format!("{}-ha/#", w.site.base)]);

@@ -23,6 +23,40 @@ const BOB_DURESS: &str = "69314718";
 const SWAPPED: &str = "57721566";
 const ALL: [&str; 7] = [MASTER, BOB, BOB_NEW, CLEO, WRONG, BOB_DURESS, SWAPPED];
 
+/// RFID tags (DESIGN 10b): Bob's fob learned at the Frient keypad, Cleo's added by command,
+/// one nobody has at the ESPHome reader, one malformed. Searched in every spelling.
+const BOB_FOB: &str = "+5EC2E7A9";
+const CLEO_CARD: &str = "0d:9e:44:b1:7c:2a";
+const STRANGER: &str = "A3-7F-19-C4-5B-D2-E0";
+const MALFORMED: &str = "F00DBABE1234XY";
+const TAGS: [&str; 4] = [BOB_FOB, CLEO_CARD, STRANGER, MALFORMED];
+
+/// A tag's spellings, lower-cased: as sent, normalised, and with each usual separator.
+fn spellings(tag: &str) -> Vec<String> {
+    let hex: String = tag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_lowercase();
+    let hex = hex.trim_end_matches("xy").to_owned();
+    let pairs: Vec<String> = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let mut out = vec![tag.to_lowercase(), hex.clone()];
+    for sep in ["-", ":", " "] {
+        out.push(pairs.join(sep));
+    }
+    out
+}
+
+/// Case-insensitive search of a tag in every spelling.
+fn holds_tag(haystack: &[u8], tag: &str) -> Option<String> {
+    let lower = haystack.to_ascii_lowercase();
+    spellings(tag).into_iter().find(|s| contains(&lower, s))
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -199,6 +233,51 @@ fn no_code_appears_in_logs_messages_retained_topics_or_store_files() {
     probe.wait_for(&t("keypad/front/result"), |m| {
         m.json()["result"] == "invalid_request"
     });
+
+    // Tags: learned at the Frient keypad, added by command (retained, so it is cleared),
+    // unknown at the json keypad, malformed, used, and refused as a duplicate.
+    let r = command(
+        json!({"id": "g1", "auth": MASTER, "command": "learn_tag", "user": "Bob", "keypad": "hall"}),
+        false,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let frient = |transaction: u8| {
+        json!({"action": "disarm", "action_code": BOB_FOB, "action_transaction": transaction})
+            .to_string()
+    };
+    probe.publish(&site.z2m_topic(), frient(21), false);
+    probe.wait_for(&t("event"), |m| m.json()["event_type"] == "tag_added");
+    let r = command(
+        json!({"id": "g2", "auth": MASTER, "command": "add_tag", "user": "Cleo", "tag": CLEO_CARD, "label": "card"}),
+        true,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = command(
+        json!({"id": "g3", "auth": MASTER, "command": "add_tag", "user": "Bob", "tag": MALFORMED}),
+        false,
+    );
+    assert_eq!(r["error"]["kind"], "invalid_code_format", "{r}");
+    probe.publish(
+        &site.json_topic(),
+        json!({"tag": STRANGER, "action": "arm_away"}).to_string(),
+        false,
+    );
+    probe.wait_for(&t("keypad/front/result"), |m| {
+        m.json()["result"] == "invalid_code"
+    });
+    probe.publish(
+        &t("alarm/set"),
+        json!({"action": "ARM_HOME", "code": MASTER}).to_string(),
+        false,
+    );
+    probe.wait_for(&t("alarm/state"), |m| m.text() == "armed_home");
+    probe.publish(&site.z2m_topic(), frient(22), false);
+    probe.wait_for(&t("alarm/state"), |m| m.text() == "disarmed");
+    let r = command(
+        json!({"id": "g4", "auth": MASTER, "command": "add_tag", "user": "Bob", "tag": "0D9E44B17C2A"}),
+        false,
+    );
+    assert_eq!(r["error"]["kind"], "duplicate_code", "{r}");
     assert!(daemon.stop());
 
     let log = daemon.log_text();
@@ -269,6 +348,28 @@ fn no_code_appears_in_logs_messages_retained_topics_or_store_files() {
                 "code {code} in the store file {}",
                 file.display()
             );
+        }
+    }
+    let sent = probe.all();
+    for tag in TAGS {
+        // The search finds each tag where it was sent, so it would find a leak.
+        assert!(
+            sent.iter().any(|m| holds_tag(&m.payload, tag).is_some()),
+            "{tag} was never sent"
+        );
+        if let Some(s) = holds_tag(log.as_bytes(), tag) {
+            panic!("tag {tag} appears in the log as {s}");
+        }
+        for m in published.iter().chain(&retained) {
+            if let Some(s) = holds_tag(&m.payload, tag) {
+                panic!("tag {tag} as {s} on {}: {}", m.topic, m.text());
+            }
+        }
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            if let Some(s) = holds_tag(&bytes, tag) {
+                panic!("tag {tag} as {s} in the store file {}", file.display());
+            }
         }
     }
     // The store holds the people, so the search above looked at real data.

@@ -60,6 +60,11 @@ fn real_keypad_messages_are_read_with_their_codes_and_transactions() {
     }
     // An empty code is no code.
     assert_eq!(input("s9zgbrc01__arm_day_zones_empty_code").code, None);
+    // A Frient tag (`+` and hex digits) is a tag, never a code.
+    let tag = input("kepzb-110__disarm_rfid_tag");
+    assert_eq!(tag.action, KeypadAction::Disarm);
+    assert_eq!(tag.code, Some(TypedCode::Tag("+3DD5FCFF".into())));
+    assert_eq!(tag.transaction, Some(93));
     // State reports, null and empty actions are not entries.
     for name in [
         "kepzb-110__state_only",

@@ -37,10 +37,18 @@ pub fn parse(payload: &[u8]) -> Parsed {
         },
         Some(_) => return Parsed::Invalid("`action` must be a string".into()),
     };
-    let code = match map.get("code") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => TypedCode::from_text(s),
-        Some(_) => Some(TypedCode::NotText),
+    let code = match (map.get("code"), map.get("tag")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        // A reader's tag (DESIGN 10b): never taken for a code.
+        (None | Some(Value::Null), Some(Value::String(s))) if !s.is_empty() => {
+            Some(TypedCode::Tag(s.clone()))
+        }
+        (None | Some(Value::Null), Some(_)) => Some(TypedCode::Tag(String::new())),
+        (Some(_), Some(tag)) if !tag.is_null() => {
+            return Parsed::Invalid("a message carries a `code` or a `tag`, not both".into())
+        }
+        (Some(Value::String(s)), _) => TypedCode::from_text(s),
+        (Some(_), _) => Some(TypedCode::NotText),
     };
     Parsed::Input(KeypadInput {
         action,
@@ -125,6 +133,23 @@ mod tests {
             assert!(matches!(parse(bad.as_bytes()), Parsed::Invalid(_)), "{bad}");
         }
         assert!(matches!(parse(&[0xff, 0xfe]), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn esphome_rc522_tag_message_is_a_tag_never_a_code() {
+        let i = input(include_str!(
+            "../../tests/fixtures/esphome/rc522-front__on_tag.json"
+        ));
+        assert_eq!(i.action, KeypadAction::Disarm);
+        assert_eq!(i.code, Some(TypedCode::Tag("74-10-37-94".into())));
+        assert!(matches!(
+            parse(br#"{"code": "1234", "tag": "74-10-37-94"}"#),
+            Parsed::Invalid(_)
+        ));
+        assert_eq!(
+            input(r#"{"tag": 7410}"#).code,
+            Some(TypedCode::Tag(String::new()))
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum TypedCode {
     Text(String),
     /// The code field was present but not a string (e.g. a JSON number: leading zeros lost).
     NotText,
+    /// An RFID tag's value as the reader sent it (DESIGN 10b): never taken for a code.
+    Tag(String),
 }
 
 impl fmt::Debug for TypedCode {
@@ -60,13 +62,18 @@ impl TypedCode {
         match self {
             TypedCode::Text(text) => Code::parse(text, min, max),
             TypedCode::NotText => Err(CodeFormatError::NotDigits),
+            TypedCode::Tag(text) => Code::tag(text),
         }
+    }
+
+    pub fn is_tag(&self) -> bool {
+        matches!(self, TypedCode::Tag(_))
     }
 }
 
 impl Drop for TypedCode {
     fn drop(&mut self) {
-        if let TypedCode::Text(text) = self {
+        if let TypedCode::Text(text) | TypedCode::Tag(text) = self {
             zeroize::Zeroize::zeroize(text);
         }
     }
@@ -101,6 +108,9 @@ pub enum Answer {
     /// Not done for a reason other than the code: arming while pending or triggered, a mode
     /// that `alarm.modes` does not list, or a state that could not be saved.
     NotReady,
+    /// An unknown tag was bound to the person of a running `learn_tag` (DESIGN 10b): the
+    /// alarm did not change.
+    TagLearned,
 }
 
 impl Answer {
@@ -111,6 +121,7 @@ impl Answer {
             Answer::AlreadyDisarmed => "already_disarmed",
             Answer::LockedOut => "locked_out",
             Answer::NotReady => "not_ready",
+            Answer::TagLearned => "tag_learned",
         }
     }
 }

@@ -50,6 +50,8 @@ pub fn parse(payload: &[u8]) -> Parsed {
 fn code(map: &Map<String, Value>) -> Option<TypedCode> {
     match map.get("action_code") {
         None | Some(Value::Null) => None,
+        // A Frient/Develco keypad sends a tag as `+` and hex digits (DESIGN 10b).
+        Some(Value::String(s)) if s.starts_with('+') => Some(TypedCode::Tag(s.clone())),
         Some(Value::String(s)) => TypedCode::from_text(s),
         Some(_) => Some(TypedCode::NotText),
     }
@@ -67,8 +69,23 @@ pub fn reply(transaction: u8, action: KeypadAction, answer: Answer) -> Option<St
         Answer::InvalidCode | Answer::LockedOut => "invalid_code",
         Answer::AlreadyDisarmed => "already_disarmed",
         Answer::NotReady => "not_ready",
+        Answer::TagLearned => return None,
     };
     Some(json!({"arm_mode": {"transaction": transaction, "mode": mode}}).to_string())
+}
+
+/// The reply to a request that changed nothing, by the alarm state (a tag learned, DESIGN
+/// 10b): `already_disarmed`, the armed mode's own word, or `not_ready` while arming, pending
+/// or triggered.
+pub fn unchanged_reply(transaction: u8, state: AlarmState) -> String {
+    let mode = match state {
+        AlarmState::Disarmed => "already_disarmed",
+        AlarmState::ArmedHome => "arm_day_zones",
+        AlarmState::ArmedNight => "arm_night_zones",
+        AlarmState::ArmedAway | AlarmState::ArmedVacation => "arm_all_zones",
+        AlarmState::Arming | AlarmState::Pending | AlarmState::Triggered => "not_ready",
+    };
+    json!({"arm_mode": {"transaction": transaction, "mode": mode}}).to_string()
 }
 
 /// The panel status (no transaction), sent to every keypad at start-up, on each state change
