@@ -455,11 +455,7 @@ impl Daemon {
 
     /// One Argon2id computation (off the runtime) and one lookup.
     async fn identify(&self, code: Code) -> panel::Found {
-        let keyer = self.keyer.clone();
-        let store = self.store.clone();
-        blocking(move || store.credential_by_key(&keyer.key(&code)))
-            .await
-            .map_err(|e| tracing::error!(error = %e, "cannot look up a code"))
+        self.identify_keyed(code).await.1
     }
 
     /// Durable before acknowledged: the commit, the alarm-state file, then the reply, the

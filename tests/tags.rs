@@ -19,14 +19,10 @@ fn frient_tag(transaction: u8) -> String {
 /// still costs one Argon2id. In-process, to read the Argon2 counter.
 #[test]
 fn a_tag_learned_at_the_hall_keypad_then_disarms_as_its_person_with_one_argon2_each() {
-    use keypad_bridge::store::{Create, Store};
     let broker = Broker::start();
     let site = Site::new(broker.port);
     site.init("Alice", "1234");
-    let config = keypad_bridge::config::load(&site.config_path()).unwrap();
-    let store = Store::open(&config, Create::Refused).unwrap();
-    let keyer = store.keyer().clone();
-    let daemon = InProcess::start(&site, store);
+    let (daemon, keyer) = InProcess::on_site(&site);
     let probe = Probe::connect(broker.port, &["#"]);
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
     let command = |c: serde_json::Value| {

@@ -1,10 +1,12 @@
 //! Offline commands run as the wrong user (issue 10, item 6), with the real binary. Needs
-//! root (to give a directory to another uid and to run as it with `setpriv`); skipped else.
+//! root (to give a directory to another uid and to run as it with `setpriv`): as another user
+//! they fail, saying so (CI runs as root).
 
-use std::io::Write;
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// A uid with no name on a test machine.
 const OTHER: u32 = 54321;
@@ -33,7 +35,7 @@ fn chown(path: &Path, uid: u32) {
 /// Runs the binary with `args` (as `uid` when given), `stdin` on its input.
 fn run(config: &Path, uid: Option<u32>, args: &[&str], stdin: &str) -> (bool, String) {
     let bin = env!("CARGO_BIN_EXE_keypad-bridge");
-    let mut cmd = match uid {
+    let cmd = match uid {
         Some(uid) => {
             let mut c = Command::new("setpriv");
             c.args([
@@ -46,26 +48,8 @@ fn run(config: &Path, uid: Option<u32>, args: &[&str], stdin: &str) -> (bool, St
         }
         None => Command::new(bin),
     };
-    let mut child = cmd
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (ok, _, err) = common::run_cli(cmd, config, args, stdin);
+    (ok, err)
 }
 
 fn site() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -89,10 +73,11 @@ fn site() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
 
 #[test]
 fn init_and_reset_master_by_another_user_than_the_owner_refuse_and_give_the_command() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "these tests need root (to chown a directory and run as another uid): run them as \
+         root, as `bash .ci/run` does"
+    );
     let (_dir, state, config) = site();
     chown(&state, OTHER);
     let (ok, err) = run(&config, None, &["init"], "4826\n");
@@ -123,10 +108,11 @@ fn init_and_reset_master_by_another_user_than_the_owner_refuse_and_give_the_comm
 
 #[test]
 fn a_store_left_to_root_names_the_file_its_owner_the_user_needed_and_the_chown() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "these tests need root (to chown a directory and run as another uid): run them as \
+         root, as `bash .ci/run` does"
+    );
     let (_dir, state, config) = site();
     // `init` as root in a root-owned directory, then the directory given to the service user
     // alone (what `StateDirectory=` does to the top directory only).

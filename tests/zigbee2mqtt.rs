@@ -302,14 +302,10 @@ fn four_wrong_codes_lock_the_keypad_and_only_that_keypad() {
 /// In-process, to read the store's Argon2 counter: a locked source is refused without hashing.
 #[test]
 fn a_locked_out_json_keypad_is_told_locked_out_without_any_hashing() {
-    use keypad_bridge::store::{Create, Store};
     let broker = Broker::start();
     let site = Site::new(broker.port);
     site.init("Alice", "1234");
-    let config = keypad_bridge::config::load(&site.config_path()).unwrap();
-    let store = Store::open(&config, Create::Refused).unwrap();
-    let keyer = store.keyer().clone();
-    let daemon = InProcess::start(&site, store);
+    let (daemon, keyer) = InProcess::on_site(&site);
     let probe = Probe::connect(broker.port, &["#"]);
     probe.wait_for(&site.topic("status"), |m| m.text() == "online");
     let result = site.topic("keypad/front/result");

@@ -430,28 +430,8 @@ impl Site {
 
     /// Runs a CLI command with `stdin`; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keypad-bridge"))
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let command = Command::new(env!("CARGO_BIN_EXE_keypad-bridge"));
+        run_cli(command, &self.config_path(), args, stdin)
     }
 
     /// `keypad-bridge init --name NAME` with the code on stdin.
@@ -554,6 +534,38 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `command` (the binary, or a wrapper such as `setpriv … binary`) with `--config config`,
+/// `args` and `stdin`; returns (success, stdout, stderr).
+pub fn run_cli(
+    mut command: Command,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    let mut child = command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A broker, a site with a master "Alice" (code 1234), a probe on everything, a daemon that
@@ -698,6 +710,15 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// Opens the site's store and runs the daemon on it; the keyer counts its Argon2 work.
+    pub fn on_site(site: &Site) -> (InProcess, keypad_bridge::codes::LookupKeyer) {
+        use keypad_bridge::store::{Create, Store};
+        let config = keypad_bridge::config::load(&site.config_path()).unwrap();
+        let store = Store::open(&config, Create::Refused).unwrap();
+        let keyer = store.keyer().clone();
+        (InProcess::start(site, store), keyer)
+    }
+
     pub fn start(site: &Site, store: keypad_bridge::store::Store) -> InProcess {
         let config = keypad_bridge::config::load(&site.config_path()).unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
