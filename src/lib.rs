@@ -23,12 +23,14 @@
 //! Modules: [`config`] (YAML, defaults, plain-words errors), [`codes`], [`store`], [`users`],
 //! [`keypad`], [`alarm`], [`lockout`], [`panel`] (every decision about the alarm), [`admin`]
 //! (code management), [`events`], [`topics`], [`homeassistant`], [`mqtt`] (the only rumqttc
-//! user), [`daemon`] (the loop), [`cli`] (the offline commands).
+//! user), [`daemon`] (the loop), [`cli`] (the offline commands), [`clock`] (the daemon's time:
+//! monotonic, never behind the store's last write, following the system clock's steps).
 //! The contract is `DESIGN.md`: topics, payloads, commands and storage rules.
 
 pub mod admin;
 pub mod alarm;
 pub mod cli;
+pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod daemon;
