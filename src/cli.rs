@@ -155,7 +155,7 @@ fn run_locally(
     let ctx = admin::Context {
         store,
         keyer: store.keyer(),
-        now: Timestamp::now(),
+        now: now(store),
         under_duress: false,
     };
     let decision = admin::decide(&ctx, command, &Authority::Local).map_err(refusal)?;
@@ -168,6 +168,23 @@ fn run_locally(
     match decision.report {
         Report::User(user) => Ok(*user),
         Report::Users(_) | Report::Entries(_) => bail!("{} changed no user", command.name()),
+    }
+}
+
+/// The offline commands' time: the system clock's, or the store's last write when the system
+/// clock is behind it (a Raspberry Pi without a real-time clock, before NTP), said on stderr.
+/// A clock behind the last write would make expired codes look valid again.
+fn now(store: &Store) -> Timestamp {
+    let system = Timestamp::now();
+    match store.last_write() {
+        Some(last) if system < last => {
+            eprintln!(
+                "warning: the system clock says {system:.0}, before the store's last write at \
+                 {last:.0}: not trusting it, using the time of the last write"
+            );
+            last
+        }
+        _ => system,
     }
 }
 
@@ -196,7 +213,7 @@ pub fn users(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
-    write_users(&users, Timestamp::now(), out)
+    write_users(&users, now(&store), out)
 }
 
 /// The `users` table: a header row, then one line per user; a user whose rules refuse the
@@ -297,7 +314,7 @@ pub fn unlock(config: &Config, source: Option<&str>, out: &mut dyn Write) -> any
     let store = Store::open(config, Create::Refused)?;
     let rules = LockoutRules::from_config(&config.lockout);
     let mut lockouts = Lockouts::restore(rules, store.meta(lockout::META_KEY)?.as_deref());
-    let now = Timestamp::now();
+    let now = now(&store);
     let source = source.map(str::trim);
     let unlocked = lockouts.unlock(source, now);
     if unlocked.is_empty() {

@@ -7,7 +7,7 @@
 //! | `users`    | user id (UTF-8)            | [`User`] as JSON (no code, only its lookup key) |
 //! | `codes`    | lookup key (32 bytes)      | user id; `<user id>/duress` for a duress code, `<user id>/tag` for a tag ([`code_entry`]) |
 //! | `activity` | seq (u64, big-endian)      | [`Event`] as JSON                       |
-//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts`, `applied_next` | site values |
+//! | `meta`     | `format`, `salt`, `argon2`, `secret_check`, `next_seq`, `alarm_saved`, `lockouts`, `applied_next`, `written_at` | site values |
 //! | `applied`  | command id (UTF-8)         | `{"fingerprint", "result"}`: a keyed digest of the command, and its result (idempotency) |
 //! | `applied_order` | n (u64, big-endian)   | the command id applied n-th (`meta` `applied_next` is the next n) |
 //!
@@ -21,7 +21,10 @@
 //! Every change goes through [`Store::commit`]: one sled transaction over all trees, then
 //! [`Store::make_durable`] (sled's `flush()` plus an `fsync` of every file and the directory,
 //! because sled's flush does not persist file metadata, sled issue #1452). Only then may the
-//! caller acknowledge the change. The alarm state lives in a small JSON file next to the
+//! caller acknowledge the change. Each commit also records, in the same transaction, when it
+//! was made (`meta` `written_at`, RFC 3339): the caller's time ([`Store::vouch`]) or the system
+//! clock's, whichever is later, and never earlier than the write before. A clock behind that
+//! time is not trusted ([`crate::clock`]). The alarm state lives in a small JSON file next to the
 //! database, replaced atomically. Everything here is the owner's only: the directory is 0700
 //! and its files 0600 whatever the umask, and a looser store is tightened (and logged) at open.
 //!
@@ -65,6 +68,8 @@ const SECRET_CHECK_PURPOSE: &[u8] = b"keypad-bridge secret check v1";
 /// How many applied command ids the store remembers for replays (see the module docs).
 pub const MAX_APPLIED: u64 = 10_000;
 const APPLIED_NEXT: &str = "applied_next";
+/// The `meta` key of the time of the last commit.
+pub const WRITTEN_AT: &str = "written_at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -184,6 +189,16 @@ pub struct Store {
     alarm_path: PathBuf,
     max_activity: u64,
     max_applied: u64,
+    /// The last write's time and the caller's, shared by every clone.
+    times: std::sync::Arc<std::sync::Mutex<Times>>,
+}
+
+#[derive(Debug, Default)]
+struct Times {
+    /// `meta` `written_at`, as committed.
+    last_write: Option<jiff::Timestamp>,
+    /// The latest time [`Store::vouch`] was given.
+    vouched: Option<jiff::Timestamp>,
 }
 
 /// Whether [`Store::open`] may create a new store.
@@ -285,6 +300,7 @@ impl Store {
                 create_new(&db, &meta, cfg, &path, params)?
             }
         };
+        let last_write = read_written_at(&meta)?;
         let alarm_path = alarm_state_path(&path);
         let store = Store {
             db,
@@ -299,6 +315,10 @@ impl Store {
             alarm_path,
             max_activity: max_activity.max(1),
             max_applied: MAX_APPLIED,
+            times: std::sync::Arc::new(std::sync::Mutex::new(Times {
+                last_write,
+                vouched: None,
+            })),
         };
         store.trim_activity()?;
         store.trim_applied()?;
@@ -307,6 +327,23 @@ impl Store {
 
     pub fn keyer(&self) -> &LookupKeyer {
         &self.keyer
+    }
+
+    /// When the store last committed a change (`None`: never, or a store from before the
+    /// time was kept).
+    pub fn last_write(&self) -> Option<jiff::Timestamp> {
+        self.times().last_write
+    }
+
+    /// The caller's time, when it is not the system clock's (the daemon's clock, while the
+    /// system clock is behind the last write): later commits record at least this.
+    pub fn vouch(&self, now: jiff::Timestamp) {
+        let mut times = self.times();
+        times.vouched = times.vouched.max(Some(now));
+    }
+
+    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The user a lookup key belongs to, whichever of their secrets it is.
@@ -411,6 +448,7 @@ impl Store {
             .map(|(id, result)| (id.clone(), json_bytes(result)));
         let max_activity = self.max_activity;
         let max_applied = self.max_applied;
+        let now = jiff::Timestamp::now().max(self.times().vouched.unwrap_or(jiff::Timestamp::MIN));
         let result = (
             &self.users,
             &self.codes,
@@ -452,10 +490,17 @@ impl Store {
                 for (key, bytes) in &change.meta {
                     tm.insert(*key, bytes.as_slice())?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(events)
+                // Never earlier than the write before: a clock set back does not move it.
+                let before = tm.get(WRITTEN_AT)?.and_then(|v| parse_time(&v));
+                let written = before.map_or(now, |before| before.max(now));
+                tm.insert(WRITTEN_AT, written.to_string().as_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>((events, written))
             });
         let events = match result {
-            Ok(events) => events,
+            Ok((events, written)) => {
+                self.times().last_write = Some(written);
+                events
+            }
             Err(TransactionError::Storage(e)) => return Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         };
@@ -793,6 +838,7 @@ fn create_new(
     meta.insert("argon2", json_bytes(&params))?;
     meta.insert("secret_check", &check.0)?;
     meta.insert("next_seq", &1u64.to_be_bytes())?;
+    meta.insert(WRITTEN_AT, jiff::Timestamp::now().to_string().as_bytes())?;
     // `format` last: its presence says the site values are complete.
     meta.insert("format", FORMAT)?;
     db.flush()?;
@@ -966,6 +1012,22 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// `meta` `written_at`; an unreadable one is said and ignored (it only guards the clock).
+fn read_written_at(meta: &sled::Tree) -> Result<Option<jiff::Timestamp>, StoreError> {
+    let Some(bytes) = meta.get(WRITTEN_AT)? else {
+        return Ok(None);
+    };
+    let written = parse_time(&bytes);
+    if written.is_none() {
+        tracing::warn!("the store's time of its last write is unreadable; it is written again with the next change");
+    }
+    Ok(written)
+}
+
+fn parse_time(bytes: &[u8]) -> Option<jiff::Timestamp> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 fn read_u64(bytes: &[u8]) -> u64 {
     bytes
         .try_into()
@@ -1084,6 +1146,35 @@ mod tests {
             "the oldest placed id went next"
         );
         assert_eq!((store.applied.len(), store.applied_order.len()), (5, 5));
+    }
+
+    #[test]
+    fn every_commit_records_when_it_was_made_and_the_time_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let created = store
+            .last_write()
+            .expect("a new store knows when it was made");
+        assert!(created <= jiff::Timestamp::now());
+        apply(&store, "c1");
+        let first = store.last_write().unwrap();
+        assert!(first >= created && first <= jiff::Timestamp::now());
+        // The daemon's clock ahead of the system's (the system clock is behind the last write).
+        let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+        store.vouch(ahead);
+        apply(&store, "c2");
+        assert_eq!(store.last_write(), Some(ahead));
+        drop(store);
+        // Reopened, the store still knows; a later commit by a clock behind it keeps it.
+        let store = open(dir.path());
+        assert_eq!(store.last_write(), Some(ahead));
+        apply(&store, "c3");
+        assert_eq!(store.last_write(), Some(ahead));
+        assert_eq!(
+            store.meta(WRITTEN_AT).unwrap(),
+            Some(ahead.to_string().into_bytes()),
+            "the same value is on disk"
+        );
     }
 
     #[test]
