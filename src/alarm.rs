@@ -315,6 +315,30 @@ impl Alarm {
         self.deadline
     }
 
+    /// The wall clock was stepped by `by` and the daemon's clock followed it: the running
+    /// delay moves with it, so the time it has left is unchanged. `changed_at` stays: it is
+    /// past.
+    pub fn shift(&mut self, by: SignedDuration) {
+        self.deadline = self.deadline.map(|d| crate::clock::shift(d, by));
+    }
+
+    /// At start-up: a running delay ends no later than its configured length after `now`
+    /// (one saved by a clock that was ahead, or read by one that is behind, must not run
+    /// longer). A deadline that passed is kept: DESIGN 5's catch-up. Returns the deadline it
+    /// replaced.
+    pub fn cap(&mut self, now: Timestamp, t: &Timings) -> Option<Timestamp> {
+        let length = match (self.state, self.mode) {
+            (AlarmState::Arming, Some(mode)) => t.exit_delay(mode),
+            (AlarmState::Pending, _) => t.entry_delay_s,
+            (AlarmState::Triggered, _) => t.trigger_time_s,
+            _ => return None,
+        };
+        let latest = after(now, length);
+        let deadline = self.deadline.filter(|&d| d > latest)?;
+        self.deadline = Some(latest);
+        Some(deadline)
+    }
+
     /// Seconds left of the exit or entry delay, rounded up (a keypad shows 1, never 0, while
     /// the delay runs); `None` in other states.
     pub fn seconds_left(&self, now: Timestamp) -> Option<u64> {
@@ -1070,6 +1094,52 @@ mod tests {
                 tr(AlarmState::Triggered, AlarmState::ArmedAway, at(30), None),
             ]
         );
+    }
+
+    #[test]
+    fn a_shift_moves_the_running_delay_and_keeps_the_time_it_has_left() {
+        let t = timings();
+        let mut alarm = Alarm::new(t0());
+        let _ = alarm.handle(Command::Arm(ArmMode::ArmedAway), t0(), &t);
+        assert_eq!(alarm.seconds_left(at(10)), Some(20));
+        // NTP steps the clock an hour ahead at 10 s: 20 s are still left, not none.
+        alarm.shift(SignedDuration::from_hours(1));
+        assert!(alarm.advance(at(3600 + 10), &t).is_empty());
+        assert_eq!(alarm.seconds_left(at(3600 + 10)), Some(20));
+        assert_eq!(alarm.changed_at, t0(), "what is past stays");
+        assert_eq!(alarm.advance(at(3600 + 30), &t).len(), 1);
+        // Back a day: the delay does not run a day longer.
+        let _ = alarm.handle(Command::Trigger, at(4000), &t);
+        alarm.shift(SignedDuration::from_hours(-24));
+        assert_eq!(alarm.seconds_left(at(4000 - 86_400)), Some(30));
+        let mut disarmed = Alarm::new(t0());
+        disarmed.shift(SignedDuration::from_hours(1));
+        assert_eq!(disarmed, Alarm::new(t0()));
+    }
+
+    #[test]
+    fn a_restored_delay_is_cut_to_its_configured_length_and_a_passed_one_still_catches_up() {
+        let t = timings();
+        // Saved by a clock ten days ahead: the exit delay would run for ten days.
+        let mut alarm = Alarm::new(t0());
+        let _ = alarm.handle(Command::Arm(ArmMode::ArmedAway), at(864_000), &t);
+        assert_eq!(alarm.cap(t0(), &t), Some(at(864_030)));
+        assert_eq!(alarm.next_deadline(), Some(at(30)));
+        assert_eq!(alarm.cap(t0(), &t), None, "once is enough");
+        for (state, length) in [(AlarmState::Pending, 30), (AlarmState::Triggered, 600)] {
+            let mut alarm = alarm_in(state);
+            alarm.deadline = Some(at(1_000_000));
+            assert_eq!(alarm.cap(at(5), &t), Some(at(1_000_000)), "{state}");
+            assert_eq!(alarm.next_deadline(), Some(at(5 + length)), "{state}");
+        }
+        // A delay within its length, or one that ran out while the daemon was down, stays.
+        let mut alarm = alarm_in(AlarmState::Pending);
+        let before = alarm.clone();
+        assert_eq!(alarm.cap(at(10), &t), None);
+        assert_eq!(alarm.cap(at(5000), &t), None);
+        assert_eq!(alarm, before);
+        assert_eq!(alarm.advance(at(5000), &t).len(), 2, "the catch-up runs on");
+        assert_eq!(armed_away_at_t0().cap(t0(), &t), None);
     }
 
     #[test]

@@ -162,6 +162,65 @@ impl Lockouts {
     }
 }
 
+/// A restored lock that [`Lockouts::cap`] cut short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capped {
+    pub source: String,
+    /// The end it was saved with.
+    pub was: Timestamp,
+    pub until: Timestamp,
+    /// The lock's own duration, which it may not exceed from now.
+    pub duration_s: u64,
+}
+
+impl Lockouts {
+    /// Whether nothing is counted or locked (nothing to keep).
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// The wall clock was stepped by `by` and the daemon's clock followed it: every lock,
+    /// failure and lock end moves with it, so no lock ends early or late and every failure
+    /// still counts for `window_s`.
+    pub fn shift(&mut self, by: SignedDuration) {
+        let moved = |t: &mut Timestamp| *t = crate::clock::shift(*t, by);
+        for state in self.sources.values_mut() {
+            state.failures.iter_mut().for_each(moved);
+            state.locked_until.iter_mut().for_each(moved);
+            state.last_lock_end.iter_mut().for_each(moved);
+        }
+    }
+
+    /// At start-up, on a restored snapshot: no lock lasts longer from `now` than its own
+    /// duration (`duration_s` doubled as often as it was, at most `max_duration_s`), and no
+    /// failure counts from later than `now`. A snapshot saved by a clock that was ahead, or
+    /// read by one that is behind, must not lock anyone out for longer. A lock that ended
+    /// while the daemon was down stays ended (DESIGN 5's catch-up). Returns the locks cut.
+    pub fn cap(&mut self, now: Timestamp) -> Vec<Capped> {
+        let rules = self.rules;
+        let mut capped = Vec::new();
+        for (source, state) in &mut self.sources {
+            let duration_s = lock_duration_s(&rules, state.lockouts.saturating_sub(1));
+            let latest = after(now, duration_s);
+            for failure in &mut state.failures {
+                *failure = (*failure).min(now);
+            }
+            state.last_lock_end = state.last_lock_end.map(|end| end.min(latest));
+            if let Some(was) = state.locked_until.filter(|&until| until > latest) {
+                state.locked_until = Some(latest);
+                capped.push(Capped {
+                    source: source.clone(),
+                    was,
+                    until: latest,
+                    duration_s,
+                });
+            }
+        }
+        capped.sort_by(|a, b| a.source.cmp(&b.source));
+        capped
+    }
+}
+
 /// What [`Lockouts::unlock`] forgot about one source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unlocked {
@@ -573,6 +632,97 @@ mod tests {
             l.sources.is_empty(),
             "the stale entry is dropped all the same"
         );
+    }
+
+    #[test]
+    fn a_shift_of_the_clock_neither_ends_a_lock_nor_forgets_a_failure() {
+        let mut l = lockouts();
+        let locked = lock(&mut l, HALL, 0);
+        for secs in [10, 20] {
+            l.record_failure("admin", at(secs));
+        }
+        // NTP steps the clock an hour ahead at 50 s.
+        let hour = SignedDuration::from_hours(1);
+        l.shift(hour);
+        assert_eq!(
+            l.check(HALL, at(3600 + 50)),
+            Err(Locked {
+                until: locked.until + hour
+            }),
+            "43 s are still left"
+        );
+        assert_eq!(l.check(HALL, at(3600 + 93)), Ok(()));
+        // The two admin failures still count: two more lock.
+        assert_eq!(l.record_failure("admin", at(3600 + 60)), None);
+        assert!(l.record_failure("admin", at(3600 + 61)).is_some());
+        // Back a day: the lock does not last a day longer.
+        let mut l = lockouts();
+        lock(&mut l, HALL, 0);
+        l.shift(SignedDuration::from_hours(-24));
+        assert!(l.check(HALL, at(-86_400 + 92)).is_err());
+        assert_eq!(l.check(HALL, at(-86_400 + 93)), Ok(()));
+    }
+
+    #[test]
+    fn a_restored_lock_never_lasts_longer_than_its_own_duration_nor_max_duration_s() {
+        let mut l = lockouts();
+        let first = lock(&mut l, HALL, 0);
+        let second = lock(&mut l, "admin", 0);
+        let third = lock(&mut l, "admin", second.until.duration_since(t0()).as_secs());
+        assert_eq!(third.until.duration_since(second.until).as_secs(), 3 + 180);
+        // Saved by a clock ten days ahead: read back at 0 s, the locks would last ten days.
+        let ten_days = SignedDuration::from_hours(240);
+        l.shift(ten_days);
+        let mut back = Lockouts::restore(l.rules, Some(&l.to_json()));
+        let capped = back.cap(at(0));
+        assert_eq!(
+            capped,
+            [
+                Capped {
+                    source: "admin".into(),
+                    was: third.until + ten_days,
+                    until: at(180),
+                    duration_s: 180,
+                },
+                Capped {
+                    source: HALL.into(),
+                    was: first.until + ten_days,
+                    until: at(90),
+                    duration_s: 90,
+                },
+            ]
+        );
+        assert!(back.check(HALL, at(89)).is_err());
+        assert_eq!(back.check(HALL, at(90)), Ok(()));
+        assert!(back.cap(at(0)).is_empty(), "once is enough");
+        // Never more than max_duration_s, however many lockouts came before.
+        let mut l = lockouts();
+        let mut start = 0;
+        for _ in 0..10 {
+            let locked = lock(&mut l, HALL, start);
+            start = locked.until.duration_since(t0()).as_secs() + 1;
+        }
+        l.shift(ten_days);
+        let mut back = Lockouts::restore(l.rules, Some(&l.to_json()));
+        assert_eq!(back.cap(at(0))[0].until, at(3600));
+        // Failures "from the future" count from now, not for ten more days.
+        let mut l = lockouts();
+        for secs in [0, 1, 2] {
+            l.record_failure(HALL, at(secs));
+        }
+        l.shift(ten_days);
+        let mut back = Lockouts::restore(l.rules, Some(&l.to_json()));
+        assert!(back.cap(at(0)).is_empty());
+        assert_eq!(
+            back.record_failure(HALL, at(600)),
+            None,
+            "all three forgotten"
+        );
+        // A lock that ended while the daemon was down stays ended.
+        let mut l = lockouts();
+        lock(&mut l, HALL, 0);
+        assert!(l.cap(at(1000)).is_empty());
+        assert_eq!(l.check(HALL, at(1000)), Ok(()));
     }
 
     #[test]
