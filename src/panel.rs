@@ -17,7 +17,7 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::{Alarm, AlarmState, ArmMode, Command, Outcome, Timings, Transition};
@@ -538,6 +538,84 @@ impl Panel {
             change,
             save_state: true,
             publish: self.state_and_status(&transitions, now),
+            ..Decision::default()
+        })
+    }
+
+    /// The wall clock was stepped by `by` and the daemon's clock followed it ([`crate::clock`]):
+    /// every running deadline and window moves with it (the alarm's delay, the lockouts and
+    /// their failures, the code-setting rations, the trigger rate limit, a learning), so what
+    /// is left of each is unchanged. The decision keeps the moved alarm state and lockouts,
+    /// for a restart; `None` when nothing runs.
+    pub fn shift(&mut self, by: SignedDuration) -> Option<Decision> {
+        let moved = |t: &mut Timestamp| *t = crate::clock::shift(*t, by);
+        self.alarm.shift(by);
+        self.lockouts.shift(by);
+        for ration in self.code_sets.values_mut() {
+            ration.sets.iter_mut().for_each(moved);
+            ration.blocked_until.iter_mut().for_each(moved);
+        }
+        self.ignored_triggers.values_mut().for_each(moved);
+        if let Some(learning) = &mut self.learning {
+            moved(&mut learning.until);
+        }
+        self.keep_moved(self.alarm.next_deadline().is_some())
+    }
+
+    /// At start-up, on the saved state: a running delay ends no later than its configured
+    /// length after `now`, and a lockout no later than its own duration (at most
+    /// `lockout.max_duration_s`): a state saved by a clock that was ahead, or read by one that
+    /// is behind, must not make either last longer. What ran out while the daemon was down
+    /// still takes effect ([`Panel::tick`]: DESIGN 5). The decision keeps what was cut.
+    pub fn cap_restored(&mut self, now: Timestamp) -> Option<Decision> {
+        let state = self.alarm.state;
+        let alarm_cut = self.alarm.cap(now, &self.rules.timings);
+        if let (Some(was), Some(until)) = (alarm_cut, self.alarm.next_deadline()) {
+            let what = match state {
+                AlarmState::Arming => "exit delay",
+                AlarmState::Pending => "entry delay",
+                _ => "siren time",
+            };
+            tracing::warn!(
+                "the saved {what} ran until {was:.0}, longer than its configured length from \
+                 now (the clock was ahead when it was saved, or is behind now): it ends at \
+                 {until:.0}"
+            );
+        }
+        let capped = self.lockouts.cap(now);
+        for c in &capped {
+            tracing::warn!(
+                source = c.source,
+                "the saved lockout ran until {:.0}, longer than its {} s from now (the clock \
+                 was ahead when it was saved, or is behind now): it ends at {:.0}",
+                c.was,
+                c.duration_s,
+                c.until
+            );
+        }
+        if alarm_cut.is_none() && capped.is_empty() {
+            return None;
+        }
+        self.keep_moved(alarm_cut.is_some())
+    }
+
+    /// The alarm state (when `alarm` is set) and the lockouts, to keep after they moved.
+    fn keep_moved(&mut self, alarm: bool) -> Option<Decision> {
+        let mut change = Change::default();
+        if alarm {
+            change.meta.push((ALARM_STATE, self.next_saved()));
+        }
+        if !self.lockouts.is_empty() {
+            change
+                .meta
+                .push((crate::lockout::META_KEY, self.lockouts.to_json()));
+        }
+        if change.meta.is_empty() {
+            return None;
+        }
+        Some(Decision {
+            change,
+            save_state: alarm,
             ..Decision::default()
         })
     }
@@ -1576,6 +1654,95 @@ keypads:
         let reply = String::from_utf8(d.reply.unwrap().payload).unwrap();
         assert!(reply.contains("arm_day_zones"), "{reply}");
         assert_eq!(p.state(), AlarmState::ArmedHome);
+    }
+
+    #[test]
+    fn a_clock_step_moves_every_running_deadline_so_none_ends_early_or_late() {
+        let (mut p, c) = panel();
+        let bob = person("bob", Role::User);
+        front(&mut p, &c, AWAY, Some(&bob), t(0));
+        for i in 1..=4 {
+            entry(
+                &mut p,
+                &c,
+                "hall",
+                input(DISARM, Some("9999"), None),
+                Some(Ok(None)),
+                t(i),
+                Instant::now(),
+            );
+        }
+        assert_eq!(p.locked("keypad:hall", t(5)).map(|l| l.until), Some(t(94)));
+        p.start_learning(learning(None, 60));
+        for _ in 0..CODE_SETS_PER_WINDOW {
+            assert!(p.code_set("u_alice", t(5)).is_ok());
+        }
+        assert!(p.code_set("u_alice", t(5)).is_err());
+        // NTP steps the clock an hour ahead at 10 s.
+        let hour = SignedDuration::from_hours(1);
+        let d = p.shift(hour).expect("the moved state is kept");
+        assert_eq!(meta_keys(&d), [ALARM_STATE, crate::lockout::META_KEY]);
+        assert!(d.save_state && !d.must_commit);
+        assert!(d.change.events.is_empty() && d.publish.is_empty() && d.reply.is_none());
+        let saved: Saved = serde_json::from_slice(&d.change.meta[0].1).unwrap();
+        assert_eq!(saved.alarm.deadline, Some(t(3630)));
+        // Nothing ends at once: 20 s of the exit delay, 84 s of the lockout, 50 s of the
+        // learning and the code-setting refusal are still left.
+        assert!(p.tick(t(3610)).is_none());
+        assert_eq!(
+            p.panel_status(t(3610))[0].payload,
+            br#"{"arm_mode":{"delay":20,"mode":"exit_delay"}}"#
+        );
+        assert!(p.locked("keypad:hall", t(3693)).is_some());
+        assert!(p.locked("keypad:hall", t(3694)).is_none());
+        assert_eq!(p.learning().map(|l| l.until), Some(t(3660)));
+        assert!(p.code_set("u_alice", t(3610)).is_err());
+        let d = p
+            .tick(t(3630))
+            .expect("the exit delay ends 20 s after the step");
+        assert_eq!(event_types(&d), ["armed_away"]);
+        // Nothing running, nothing to keep.
+        let (mut idle, _) = panel();
+        assert!(idle.shift(hour).is_none());
+    }
+
+    #[test]
+    fn a_restored_delay_or_lockout_saved_far_ahead_is_cut_to_its_own_length() {
+        let config = config_with("");
+        let bob = person("bob", Role::User);
+        let ten_days = 864_000;
+        // Saved by a clock ten days ahead: arming, and the hall keypad locked.
+        let mut ahead = panel_of(&config);
+        front(&mut ahead, &config, AWAY, Some(&bob), t(ten_days));
+        let rules = crate::lockout::LockoutRules::from_config(&config.lockout);
+        let mut lockouts = Lockouts::new(rules);
+        for i in 0..4 {
+            let _ = lockouts.record_failure("keypad:hall", t(ten_days + i));
+        }
+        let restored = |lockouts: &Lockouts| {
+            let tz = config.time_zone().unwrap();
+            Panel::new(
+                Rules::from_config(&config, tz),
+                Topics::new(&config),
+                &config.keypads,
+                ahead.saved(),
+                Lockouts::restore(rules, Some(&lockouts.to_json())),
+            )
+        };
+        let mut p = restored(&lockouts);
+        let d = p.cap_restored(t(0)).expect("what was cut is kept");
+        assert_eq!(meta_keys(&d), [ALARM_STATE, crate::lockout::META_KEY]);
+        assert!(d.save_state);
+        assert_eq!(p.next_deadline(), Some(t(30)));
+        assert_eq!(p.locked("keypad:hall", t(0)).map(|l| l.until), Some(t(90)));
+        assert!(p.cap_restored(t(0)).is_none(), "once is enough");
+        // Read on time, nothing is cut; and what ran out while down still catches up.
+        let mut p = restored(&Lockouts::new(rules));
+        assert!(p.cap_restored(t(ten_days + 10)).is_none());
+        let d = p
+            .tick(t(ten_days + 100))
+            .expect("the missed end of the exit delay");
+        assert_eq!(event_types(&d), ["armed_away"]);
     }
 
     #[test]
