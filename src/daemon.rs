@@ -3,7 +3,10 @@
 //! about code management; the loop does the I/O their decisions list.
 //!
 //! Inputs arrive from the MQTT connection task ([`crate::mqtt`]) and from the alarm's own
-//! deadline (timers are data: the loop sleeps until [`Panel::next_deadline`]). Durable before
+//! deadline (timers are data: the loop sleeps until [`Panel::next_deadline`]). Time is the
+//! daemon's [`Clock`]: monotonic, never behind the store's last write, checked against the
+//! system clock on each input and every few seconds (a step moves the panel's deadlines with
+//! it, [`Panel::shift`]). Durable before
 //! acknowledged is the loop's one rule: a decision's store commit comes first (an alarm change
 //! the store refuses is undone and refused), then the alarm-state file, then the reply, the
 //! events and the other publishes. A code-management command is committed before its result.
@@ -17,6 +20,7 @@ use jiff::Timestamp;
 use serde_json::{json, Value};
 
 use crate::admin::{self, Authority, CommandError, Gate};
+use crate::clock::{self, Clock, Seen};
 use crate::codes::{Code, LookupKey, LookupKeyer};
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
 use crate::homeassistant;
@@ -45,11 +49,27 @@ pub async fn run_with_store(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_clock(config, store, shutdown, Timestamp::now).await
+}
+
+/// [`run_with_store`], with the system's wall clock given (tests step it; the daemon itself
+/// never reads it but through its [`Clock`]).
+pub async fn run_with_clock(
+    config: Config,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+    system: impl Fn() -> Timestamp + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let tz = config
         .time_zone()
         .map_err(|e| anyhow::anyhow!("cannot use the time zone: {e}"))?;
     let topics = Topics::new(&config);
-    let now = Timestamp::now();
+    let (clock, seen) = Clock::start(system(), Instant::now(), store.last_write());
+    if let Some(seen) = seen {
+        tracing::warn!("{seen}");
+    }
+    let now = clock.at(Instant::now());
+    store.vouch(now);
     let saved = Saved::newest(store.load_alarm(), store.meta(ALARM_STATE)?)?
         .unwrap_or_else(|| Saved::new(now));
     // A lockout survives a restart: cutting the power must not give a guesser a fresh count.
@@ -100,6 +120,8 @@ pub async fn run_with_store(
         users: 0,
         last_discovery: None,
         last_panel_status: None,
+        clock,
+        system: Box::new(system),
     };
     tracing::info!(state = daemon.panel.state().as_str(), "starting");
     if !daemon.has_master {
@@ -128,21 +150,32 @@ pub async fn run_with_store(
         }
         daemon.record(change).await;
     }
-    // A delay that ran out while the daemon was down takes effect now.
-    // The state itself is published once the subscriptions are acknowledged (`announce`).
+    // A delay or lockout saved by a clock that was ahead (or read by one that is behind)
+    // lasts no longer than its own length; then a delay that ran out while the daemon was
+    // down takes effect now. The state itself is published once the subscriptions are
+    // acknowledged (`announce`).
+    if let Some(decision) = daemon.panel.cap_restored(now) {
+        daemon.carry_out(decision).await;
+    }
     daemon.tick(now).await;
 
     tokio::pin!(shutdown);
     // WATCHDOG=1 comes from this loop, between messages: a loop that stalls stops it.
     let watchdog = daemon.systemd.watchdog_every();
     let mut alive = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    // Validity rules follow a corrected wall time within this, even when nothing happens.
+    let mut clock_check = tokio::time::interval(clock::CHECK_EVERY);
+    clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let deadline = daemon.panel.next_deadline();
+        let wait = daemon
+            .panel
+            .next_deadline()
+            .map(|at| daemon.clock.until(at, Instant::now()));
         let sleep = async move {
-            match deadline {
-                // At most a second at a time: the wall clock may be stepped (a Pi without
-                // a real-time clock, then NTP), and deadlines are wall-clock times.
-                Some(at) => tokio::time::sleep(until(at).min(Duration::from_secs(1))).await,
+            match wait {
+                // On the monotonic clock: a step of the wall clock neither ends a delay early
+                // nor keeps it running (the step moves the deadlines, `check_clock`).
+                Some(wait) => tokio::time::sleep(wait).await,
                 None => std::future::pending().await,
             }
         };
@@ -157,7 +190,13 @@ pub async fn run_with_store(
                 None => anyhow::bail!("the MQTT connection task stopped"),
             },
             () = sleep => {
-                daemon.tick(Timestamp::now()).await;
+                daemon.check_clock().await;
+                let now = daemon.now();
+                daemon.tick(now).await;
+                daemon.flush().await;
+            }
+            _ = clock_check.tick() => {
+                daemon.check_clock().await;
                 daemon.flush().await;
             }
         }
@@ -190,14 +229,6 @@ pub async fn run_with_store(
     drop(inbox);
     daemon.store.make_durable()?;
     Ok(())
-}
-
-fn until(at: Timestamp) -> Duration {
-    let now = Timestamp::now();
-    if at <= now {
-        return Duration::ZERO;
-    }
-    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::from_secs(3600))
 }
 
 struct Daemon {
@@ -236,6 +267,10 @@ struct Daemon {
     /// `online` must not turn into a flood of publishes.
     last_discovery: Option<Instant>,
     last_panel_status: Option<Instant>,
+    /// The daemon's time ([`Daemon::now`]).
+    clock: Clock,
+    /// The system's wall clock, only ever compared with `clock` ([`Daemon::check_clock`]).
+    system: Box<dyn Fn() -> Timestamp + Send + Sync>,
 }
 
 /// The least time between two re-publishes asked for by a status message.
@@ -250,11 +285,49 @@ fn due(last: &mut Option<Instant>, now: Instant) -> bool {
 }
 
 impl Daemon {
+    /// The daemon's time: what decisions, validity rules and records use, never the system
+    /// clock's directly ([`crate::clock`]). Commits record at least this as their time.
+    fn now(&self) -> Timestamp {
+        let now = self.clock.at(Instant::now());
+        self.store.vouch(now);
+        now
+    }
+
+    /// Compares the system clock with the daemon's time, and says what it does about a
+    /// difference: a step it follows moves the panel's deadlines with it (their time left is
+    /// kept, and so are they, for a restart).
+    async fn check_clock(&mut self) {
+        let seen = self
+            .clock
+            .check((self.system)(), Instant::now(), self.store.last_write());
+        // Before anything is kept: a step back that was followed is not undone by the
+        // daemon's time from before it.
+        self.now();
+        match seen {
+            None => {}
+            Some(seen @ Seen::Stepped { by, was_behind, .. }) => {
+                if was_behind {
+                    tracing::info!("{seen}");
+                } else {
+                    tracing::warn!("{seen}");
+                }
+                if let Some(decision) = self.panel.shift(by) {
+                    self.carry_out(decision).await;
+                }
+            }
+            Some(seen @ Seen::CaughtUp { .. }) => tracing::info!("{seen}"),
+            Some(seen) => tracing::warn!("{seen}"),
+        }
+    }
+
     async fn on_mqtt(&mut self, event: MqttEvent) {
+        self.check_clock().await;
         // Deadlines that passed before this arrived are applied before it is decided.
         let at = match &event {
-            MqttEvent::Message { at, .. } => (*at).max(self.panel.changed_at()),
-            _ => Timestamp::now(),
+            MqttEvent::Message { received, .. } => {
+                self.clock.at(*received).max(self.panel.changed_at())
+            }
+            _ => self.now(),
         };
         self.tick(at).await;
         match event {
@@ -305,8 +378,8 @@ impl Daemon {
         self.outbox.extend(self.panel.state_publishes());
         self.queue_roster().await;
         if !self.announced {
-            self.outbox
-                .extend(self.panel.panel_status(Timestamp::now()));
+            let now = self.now();
+            self.outbox.extend(self.panel.panel_status(now));
             self.announced = true;
         }
         // `online` and the state are queued: systemd hears READY=1 once they are out.
@@ -371,8 +444,7 @@ impl Daemon {
         } else if self.zigbee2mqtt_bridges.iter().any(|t| t == topic) {
             if zigbee2mqtt::bridge_online(payload) && due(&mut self.last_panel_status, mono) {
                 tracing::info!(topic, "Zigbee2MQTT is online: sending the panel status");
-                self.outbox
-                    .extend(self.panel.panel_status(Timestamp::now()));
+                self.outbox.extend(self.panel.panel_status(at));
             }
         } else if let Some(keypad) = self.keypads.get(topic).cloned() {
             if retain {

@@ -97,8 +97,9 @@ pub enum MqttEvent {
         /// Retain As Published off, the same as MQTT 3.1.1).
         retain: bool,
         /// When the message arrived: a code typed before a deadline counts before it, even
-        /// if the daemon was busy when the deadline passed.
-        at: jiff::Timestamp,
+        /// if the daemon was busy when the deadline passed. Monotonic: the daemon's clock
+        /// ([`crate::clock`]) tells the time of it, whatever the system clock did since.
+        received: Instant,
     },
 }
 
@@ -331,7 +332,7 @@ impl Queues {
             topic,
             payload: payload[..kept].to_vec(),
             retain,
-            at: jiff::Timestamp::now(),
+            received: Instant::now(),
         };
         let now = Instant::now();
         let due = match queue.try_send(event) {

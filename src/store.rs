@@ -335,11 +335,11 @@ impl Store {
         self.times().last_write
     }
 
-    /// The caller's time, when it is not the system clock's (the daemon's clock, while the
-    /// system clock is behind the last write): later commits record at least this.
+    /// The caller's time now, when it may differ from the system clock's (the daemon's
+    /// clock, which does not follow a system clock behind the last write): later commits
+    /// record at least this.
     pub fn vouch(&self, now: jiff::Timestamp) {
-        let mut times = self.times();
-        times.vouched = times.vouched.max(Some(now));
+        self.times().vouched = Some(now);
     }
 
     fn times(&self) -> std::sync::MutexGuard<'_, Times> {
