@@ -719,14 +719,23 @@ impl InProcess {
     }
 
     pub fn start(site: &Site, store: keypad_bridge::store::Store) -> InProcess {
+        InProcess::start_with_clock(site, store, jiff::Timestamp::now)
+    }
+
+    /// As [`InProcess::start`], with the system's wall clock given: a test steps it.
+    pub fn start_with_clock(
+        site: &Site,
+        store: keypad_bridge::store::Store,
+        system: impl Fn() -> jiff::Timestamp + Send + Sync + 'static,
+    ) -> InProcess {
         let config = keypad_bridge::config::load(&site.config_path()).unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;
         };
-        let daemon = runtime.spawn(keypad_bridge::daemon::run_with_store(
-            config, store, shutdown,
+        let daemon = runtime.spawn(keypad_bridge::daemon::run_with_clock(
+            config, store, shutdown, system,
         ));
         InProcess {
             runtime,
