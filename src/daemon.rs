@@ -300,8 +300,8 @@ impl Daemon {
         let seen = self
             .clock
             .check((self.system)(), Instant::now(), self.store.last_write());
-        // Before anything is kept: a step back that was followed is not undone by the
-        // daemon's time from before it.
+        // Told to the store before the shift is committed: after a step back it followed,
+        // the store must not record the time from before the step.
         self.now();
         match seen {
             None => {}
