@@ -24,9 +24,9 @@ use crate::alarm::{Alarm, AlarmState, ArmMode, Command, Outcome, Timings, Transi
 use crate::codes::Code;
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
 use crate::events::{Event, EventType};
-use crate::keypad::homeassistant::Request;
+use crate::keypad::homeassistant::{self, Request};
 use crate::keypad::{
-    json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, TypedCode,
+    self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, Parsed, TypedCode,
 };
 use crate::lockout::{Locked, Lockouts};
 use crate::store::{Change, StoreError};
@@ -217,6 +217,14 @@ pub enum Step {
 /// a store that failed (not the person's fault: refused, not counted).
 pub type Found = Result<Option<(User, Credential)>, ()>;
 
+/// A code identified, with what a learning needs: when [`Panel::learning_for`] named a user
+/// and the code was nobody's, that user and the code's lookup key.
+#[derive(Debug)]
+pub struct Identified {
+    pub found: Found,
+    pub learner: Option<(User, crate::codes::LookupKey)>,
+}
+
 /// An attempt waiting for its code to be identified.
 #[derive(Debug)]
 pub struct Pending {
@@ -298,6 +306,13 @@ pub struct Panel {
     code_sets: HashMap<String, Ration>,
     window_s: u64,
     learning: Option<Learning>,
+    /// `<base>/bridge/state` of each Zigbee2MQTT instance with a keypad: when it comes back
+    /// online, the keypads get the panel status again (Linkind and Hive keypads blink an
+    /// error until they do; Zigbee2MQTT issues #6242, #8997).
+    bridges: Vec<String>,
+    /// When the panel status was last re-sent for a bridge: a flood of `online` must not
+    /// turn into a flood of publishes.
+    last_panel_status: Option<Instant>,
 }
 
 impl Panel {
@@ -329,6 +344,8 @@ impl Panel {
             window_s: rules_window_s(&lockouts),
             lockouts,
             learning: None,
+            bridges: Topics::zigbee2mqtt_bridges(keypads),
+            last_panel_status: None,
         }
     }
 
@@ -376,6 +393,11 @@ impl Panel {
         Err((until, Some(Box::new(event))))
     }
 
+    /// The zone validity rules and schedules are read in.
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.rules.tz
+    }
+
     pub fn state(&self) -> AlarmState {
         self.alarm.state
     }
@@ -413,10 +435,28 @@ impl Panel {
         (pending.tag && here && now < learning.until).then_some(learning.user_id.as_str())
     }
 
+    /// The second step of an attempt, a learning included: an unknown tag while a learning
+    /// runs is bound to the learning's user instead of refused.
+    pub fn finish_identified(
+        &mut self,
+        pending: Pending,
+        identified: Identified,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Decision {
+        match identified {
+            Identified {
+                found: Ok(None),
+                learner: Some((user, key)),
+            } => self.finish_learned(pending, user, key, now, mono),
+            Identified { found, .. } => self.finish(pending, found, now, mono),
+        }
+    }
+
     /// The unknown tag of `pending` (its lookup key `key`) is bound to `user`, the learning's
     /// user: the tag is added, the alarm does not change, and the keypad is answered as for a
     /// request that changes nothing. A user who has no room left gets the usual refusal.
-    pub fn finish_learned(
+    fn finish_learned(
         &mut self,
         pending: Pending,
         mut user: User,
@@ -497,6 +537,25 @@ impl Panel {
     }
 
     /// The panel status for every Zigbee2MQTT keypad.
+    /// A message on a Zigbee2MQTT bridge's state topic: the panel status again when it says
+    /// online (at most every [`RESEND_EVERY`]). `None`: not a bridge's topic.
+    pub fn bridge_state(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now: Timestamp,
+        mono: Instant,
+    ) -> Option<Vec<Publish>> {
+        if !self.bridges.iter().any(|t| t == topic) {
+            return None;
+        }
+        if !zigbee2mqtt::bridge_online(payload) || !due(&mut self.last_panel_status, mono) {
+            return Some(Vec::new());
+        }
+        tracing::info!(topic, "Zigbee2MQTT is online: sending the panel status");
+        Some(self.panel_status(now))
+    }
+
     pub fn panel_status(&self, now: Timestamp) -> Vec<Publish> {
         let status = zigbee2mqtt::panel_status(self.alarm.state, self.alarm.seconds_left(now));
         self.zigbee2mqtt_sets
@@ -592,6 +651,81 @@ impl Panel {
             now,
             mono,
         )
+    }
+
+    /// A message on `B/alarm/set`, Home Assistant's keypad. A retained one is never applied
+    /// (commands are live exchanges) and is cleared, so that no code stays on the broker.
+    pub fn alarm_set(
+        &mut self,
+        payload: &[u8],
+        retain: bool,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        let mut nothing = Decision::default();
+        if retain {
+            if let Some(more) = self.quiet.allow("retained alarm command", mono) {
+                tracing::warn!(more, "ignoring a retained command on {}: commands are live exchanges; clearing it, so that no code stays on the broker", self.topics.alarm_set);
+            }
+            if !payload.is_empty() {
+                nothing
+                    .publish
+                    .push(Publish::new(&self.topics.alarm_set, Vec::new(), true));
+            }
+            return Step::Done(Box::new(nothing));
+        }
+        if payload.is_empty() {
+            return Step::Done(Box::new(nothing));
+        }
+        match homeassistant::parse(payload) {
+            Ok((request, code)) => self.begin_homeassistant(request, code, now, mono),
+            Err(why) => {
+                if let Some(more) = self.quiet.allow("unreadable alarm command", mono) {
+                    tracing::warn!(
+                        more,
+                        "ignoring a command on {}: {why}",
+                        self.topics.alarm_set
+                    );
+                }
+                Step::Done(Box::new(nothing))
+            }
+        }
+    }
+
+    /// A message on a keypad's topic. A retained one is never applied (an entry is a live
+    /// exchange); an unreadable one is answered on json and plain keypads.
+    pub fn keypad_message(
+        &mut self,
+        keypad: &KeypadConfig,
+        payload: &[u8],
+        retain: bool,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        let mut nothing = Decision::default();
+        if retain {
+            tracing::debug!(keypad = keypad.name, "ignoring a retained keypad message");
+            return Step::Done(Box::new(nothing));
+        }
+        match keypad::parse(keypad.protocol, payload) {
+            Parsed::Input(input) => return self.begin_keypad(keypad, input, now, mono),
+            Parsed::Ignore => {}
+            Parsed::Invalid(why) => {
+                if let Some(more) = self.quiet.allow("unreadable keypad message", mono) {
+                    tracing::warn!(
+                        keypad = keypad.name,
+                        more,
+                        "unreadable keypad message: {why}"
+                    );
+                }
+                if keypad.protocol != KeypadProtocol::Zigbee2mqtt {
+                    let reply = json_keypad::invalid(&why, self.state());
+                    let topic = self.topics.keypad_result(&keypad.name);
+                    nothing.reply = Some(Publish::new(&topic, reply, false));
+                }
+            }
+        }
+        Step::Done(Box::new(nothing))
     }
 
     /// A command from Home Assistant's panel (`B/alarm/set`).
@@ -1087,6 +1221,35 @@ impl Panel {
 }
 
 /// The `tag_learn_expired` event of a learning that ended without a tag.
+/// The least time between two re-publishes asked for by a status message.
+pub const RESEND_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether a re-publish asked for at `now` is due, the last one having been at `last`.
+pub fn due(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|at| now.saturating_duration_since(at) < RESEND_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+/// The change that ends a learning a stop cut short (its `meta` marker, `marker`), if any.
+pub fn learning_cut_short(marker: Option<Vec<u8>>, now: Timestamp) -> Option<Change> {
+    let marker = marker.filter(|bytes| !bytes.is_empty())?;
+    let mut change = Change {
+        meta: vec![(TAG_LEARNING, Vec::new())],
+        ..Change::default()
+    };
+    if let Ok(learning) = serde_json::from_slice::<Learning>(&marker) {
+        tracing::info!(
+            user = learning.user,
+            "a tag learning ended with the restart"
+        );
+        change.events.push(learn_expired(&learning, now));
+    }
+    Some(change)
+}
+
 pub fn learn_expired(learning: &Learning, now: Timestamp) -> Event {
     let mut event = Event::new(EventType::TagLearnExpired, now).source(crate::admin::SOURCE);
     event.user = Some(learning.user.clone());
@@ -1460,19 +1623,17 @@ keypads:
         let keypad = c.keypads.iter().find(|k| k.name == name).unwrap();
         match p.begin_keypad(keypad, input, now, Instant::now()) {
             Step::Done(d) => *d,
-            Step::Identify(pending, _) => match p.learning_for(&pending, now) {
-                Some(id) => {
+            Step::Identify(pending, _) => {
+                let learner = p.learning_for(&pending, now).map(|id| {
                     assert_eq!(id, "u_carol");
-                    p.finish_learned(
-                        pending,
-                        person("carol", Role::User),
-                        key(),
-                        now,
-                        Instant::now(),
-                    )
-                }
-                None => p.finish(pending, Ok(None), now, Instant::now()),
-            },
+                    (person("carol", Role::User), key())
+                });
+                let identified = Identified {
+                    found: Ok(None),
+                    learner,
+                };
+                p.finish_identified(pending, identified, now, Instant::now())
+            }
         }
     }
 
@@ -2283,5 +2444,86 @@ keypads:
         p.tick(t(30));
         front(&mut p, &c, DISARM, Some(&bob), t(40));
         assert_eq!(p.saved().generation, 3);
+    }
+
+    fn done(step: Step) -> Decision {
+        match step {
+            Step::Done(decision) => *decision,
+            Step::Identify(..) => panic!("the panel asked to identify a code"),
+        }
+    }
+
+    #[test]
+    fn a_retained_alarm_command_is_cleared_and_never_applied() {
+        let (mut p, _) = panel();
+        let payload = br#"{"action": "DISARM", "code": "1234"}"#;
+        let d = done(p.alarm_set(payload, true, t(0), Instant::now()));
+        assert_eq!(
+            d.publish,
+            vec![Publish::new("kb/alarm/set", Vec::new(), true)]
+        );
+        assert!(d.reply.is_none() && d.change.events.is_empty());
+        // Its own clearing (empty and retained) is not cleared again.
+        assert!(done(p.alarm_set(b"", true, t(0), Instant::now()))
+            .publish
+            .is_empty());
+        // A live one is identified.
+        assert!(matches!(
+            p.alarm_set(payload, false, t(0), Instant::now()),
+            Step::Identify(..)
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_keypad_message_is_answered_on_json_keypads_only() {
+        let (mut p, c) = panel();
+        let front = c.keypads.iter().find(|k| k.name == "front").unwrap();
+        let d = done(p.keypad_message(front, b"{not json", false, t(0), Instant::now()));
+        let reply: Value = serde_json::from_slice(&d.reply.expect("a reply").payload).unwrap();
+        assert_eq!(reply["result"], "invalid_request");
+        assert_eq!(reply["state"], "disarmed");
+        let hall = c.keypads.iter().find(|k| k.name == "hall").unwrap();
+        let d = done(p.keypad_message(hall, b"{not json", false, t(0), Instant::now()));
+        assert!(
+            d.reply.is_none(),
+            "Zigbee2MQTT keypads get no reply to junk"
+        );
+        // A retained entry is never applied.
+        let entry = br#"{"action": "arm_away", "code": "1234"}"#;
+        assert!(
+            done(p.keypad_message(front, entry, true, t(0), Instant::now()))
+                .reply
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_bridge_coming_online_gets_the_panel_status_at_most_every_five_seconds() {
+        let (mut p, _) = panel();
+        let clock = clock();
+        let bridge = "zigbee2mqtt/bridge/state";
+        let online = br#"{"state": "online"}"#;
+        assert_eq!(
+            p.bridge_state("other/topic", online, t(0), clock.at(0)),
+            None
+        );
+        let first = p.bridge_state(bridge, online, t(0), clock.at(0)).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].topic, "zigbee2mqtt/Hall keypad/set");
+        assert!(p
+            .bridge_state(bridge, online, t(1), clock.at(1))
+            .unwrap()
+            .is_empty());
+        let offline = br#"{"state": "offline"}"#;
+        assert!(p
+            .bridge_state(bridge, offline, t(6), clock.at(6))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            p.bridge_state(bridge, online, t(6), clock.at(6))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
