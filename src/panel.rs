@@ -31,7 +31,7 @@ use crate::keypad::{
 use crate::lockout::{Locked, Lockouts};
 use crate::store::{Change, StoreError};
 use crate::topics::Topics;
-use crate::users::{Credential, Role, Use, User};
+use crate::users::{Credential, DenyReason, Role, Use, User};
 
 /// How long a Zigbee2MQTT `(keypad, transaction)` is remembered: a keypad repeats a request
 /// that got no reply, and the repeat must not be applied twice.
@@ -201,6 +201,38 @@ impl Decision {
         Decision {
             answer: Some(answer),
             ..Decision::default()
+        }
+    }
+}
+
+/// Why a code was refused: it is nobody's (an `invalid_code` event), or its person's rules
+/// refuse it now (a `denied` event naming them).
+#[derive(Clone, Copy, Debug)]
+pub enum Refused<'a> {
+    Invalid(Invalid),
+    Denied(&'a User, DenyReason),
+}
+
+/// The `reason` of an `invalid_code` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// A request that needs a code came without one.
+    NoCode,
+    /// Not a code by the format rules (letters, too short or long).
+    MalformedCode,
+    /// Well-formed, and nobody's.
+    WrongCode,
+    /// A tag nobody has (or no reader could give).
+    UnknownTag,
+}
+
+impl Invalid {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalid::NoCode => "no_code",
+            Invalid::MalformedCode => "malformed_code",
+            Invalid::WrongCode => "wrong_code",
+            Invalid::UnknownTag => "unknown_tag",
         }
     }
 }
@@ -800,14 +832,18 @@ impl Panel {
             return self.done(Decision::answered(Answer::LockedOut), &reply_to, mono);
         }
         let Some(code) = code else {
-            let decision = self.refuse(&source, now, None, "no_code");
+            let decision = self.refuse(&source, now, Refused::Invalid(Invalid::NoCode));
             return self.done(decision, &reply_to, mono);
         };
         let tag = code.is_tag();
         let Ok(code) = code.parse(self.rules.min_length, self.rules.max_length) else {
             // A tag no reader could give is a tag nobody has.
-            let why = if tag { "unknown_tag" } else { "malformed_code" };
-            let decision = self.refuse(&source, now, None, why);
+            let why = if tag {
+                Invalid::UnknownTag
+            } else {
+                Invalid::MalformedCode
+            };
+            let decision = self.refuse(&source, now, Refused::Invalid(why));
             return self.done(decision, &reply_to, mono);
         };
         Step::Identify(
@@ -840,15 +876,11 @@ impl Panel {
             tag,
         } = pending;
         let decision = match found {
-            Ok(None) if tag => self.refuse(&source, now, None, "unknown_tag"),
-            Ok(None) => self.refuse(&source, now, None, "wrong_code"),
+            Ok(None) if tag => self.refuse(&source, now, Refused::Invalid(Invalid::UnknownTag)),
+            Ok(None) => self.refuse(&source, now, Refused::Invalid(Invalid::WrongCode)),
             Ok(Some((user, Credential::Tag))) if lowers_protection && !self.rules.tags_disarm => {
-                let mut decision = self.refuse(
-                    &source,
-                    now,
-                    Some((&user, crate::users::DenyReason::NotPermitted.as_str())),
-                    "",
-                );
+                let why = Refused::Denied(&user, DenyReason::NotPermitted);
+                let mut decision = self.refuse(&source, now, why);
                 decision.change.events[0].credential = Some("tag".to_owned());
                 decision
             }
@@ -862,7 +894,7 @@ impl Panel {
                 match user.check(what, now, &self.rules.tz) {
                     Err(reason) => {
                         let mut decision =
-                            self.refuse(&source, now, Some((&user, reason.as_str())), "");
+                            self.refuse(&source, now, Refused::Denied(&user, reason));
                         if credential == Credential::Tag {
                             decision.change.events[0].credential = Some("tag".to_owned());
                         }
@@ -908,16 +940,11 @@ impl Panel {
 
     /// A refused code from the admin channel or a keypad: the event, one more failure and the
     /// lockout it may start. `denied` names the user whose rules refused it.
-    pub fn refusal(
-        &mut self,
-        source: &str,
-        now: Timestamp,
-        denied: Option<(&User, &str)>,
-        why: &str,
-    ) -> Change {
+    pub fn refusal(&mut self, source: &str, now: Timestamp, why: Refused<'_>) -> Change {
         let mut events = Vec::new();
-        match denied {
-            Some((user, reason)) => {
+        match why {
+            Refused::Denied(user, reason) => {
+                let reason = reason.as_str();
                 tracing::info!(
                     source,
                     user = user.name,
@@ -931,7 +958,8 @@ impl Panel {
                         .reason(reason),
                 );
             }
-            None => {
+            Refused::Invalid(why) => {
+                let why = why.as_str();
                 tracing::info!(source, why, "invalid code");
                 events.push(
                     Event::new(EventType::InvalidCode, now)
@@ -962,15 +990,9 @@ impl Panel {
         change
     }
 
-    fn refuse(
-        &mut self,
-        source: &str,
-        now: Timestamp,
-        denied: Option<(&User, &str)>,
-        why: &str,
-    ) -> Decision {
+    fn refuse(&mut self, source: &str, now: Timestamp, why: Refused<'_>) -> Decision {
         Decision {
-            change: self.refusal(source, now, denied, why),
+            change: self.refusal(source, now, why),
             answer: Some(Answer::InvalidCode),
             ..Decision::default()
         }

@@ -15,7 +15,7 @@ use super::{Applied, Authority, CommandError, Gate, Request};
 use crate::codes::Code;
 use crate::config::Config;
 use crate::events::Event;
-use crate::panel::{self, Found, Learning, Panel, Quiet};
+use crate::panel::{self, Found, Invalid, Learning, Panel, Quiet, Refused};
 use crate::store::{Change, StoreError};
 use crate::users::Credential;
 
@@ -199,12 +199,15 @@ async fn authority(
                     return Ok(authority);
                 }
                 Err(reason) => {
-                    let why = Some((&user, reason.as_str()));
-                    desk.panel().refusal(super::SOURCE, now, why, "")
+                    let why = Refused::Denied(&user, reason);
+                    desk.panel().refusal(super::SOURCE, now, why)
                 }
             }
         }
-        None => desk.panel().refusal(super::SOURCE, now, None, "wrong_code"),
+        None => {
+            let why = Refused::Invalid(Invalid::WrongCode);
+            desk.panel().refusal(super::SOURCE, now, why)
+        }
     };
     record(desk, change).await;
     Err(super::not_authorised())
