@@ -194,7 +194,8 @@ fn refusal(error: CommandError) -> anyhow::Error {
         CommandError::DuplicateCode(_) => {
             anyhow::anyhow!("that code is already used by another user; choose another one")
         }
-        // Its cause is logged where it happened.
+        CommandError::Store(e) => anyhow::Error::new(e)
+            .context("the store could not complete the command; nothing was changed"),
         CommandError::Internal(_) => {
             anyhow::anyhow!("the store could not complete the command; nothing was changed")
         }

@@ -19,19 +19,18 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use serde_json::{json, Value};
 
-use crate::admin::{self, Authority, CommandError, Gate};
+use crate::admin::{self, flow, Authority, CommandError};
 use crate::clock::{self, Clock, Seen};
-use crate::codes::{Code, LookupKey, LookupKeyer};
-use crate::config::{Config, KeypadConfig, KeypadProtocol};
+use crate::codes::{Code, LookupKeyer};
+use crate::config::{Config, KeypadConfig};
 use crate::homeassistant;
-use crate::keypad::{self, homeassistant as ha_keypad, json as json_keypad, zigbee2mqtt, Parsed};
 use crate::lockout::{LockoutRules, Lockouts};
 use crate::mqtt::{self, MqttEvent, Publisher};
 use crate::panel::{self, Decision, Panel, Publish, Rules, Saved, Step, ALARM_STATE};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::systemd::Systemd;
 use crate::topics::Topics;
-use crate::users::{Credential, User};
+use crate::users::User;
 
 /// Opens the store named by the config and runs until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -78,20 +77,13 @@ pub async fn run_with_clock(
         store.meta(crate::lockout::META_KEY)?.as_deref(),
     );
     let panel = Panel::new(
-        Rules::from_config(&config, tz.clone()),
+        Rules::from_config(&config, tz),
         topics.clone(),
         &config.keypads,
         saved,
         lockouts,
     );
-    let bridges = Topics::zigbee2mqtt_bridges(&config);
-    let lanes = mqtt::Lanes {
-        alarm: topics.alarm_set.clone(),
-        config: topics.config_set.clone(),
-        status: std::iter::once(topics.ha_status.clone())
-            .chain(bridges.iter().cloned())
-            .collect(),
-    };
+    let lanes = mqtt::Lanes::new(&topics, &config);
     let mut systemd = Systemd::from_env();
     systemd.status(waiting_line(&config));
     let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, lanes)?;
@@ -101,7 +93,6 @@ pub async fn run_with_clock(
             .iter()
             .map(|k| (k.topic.clone(), k.clone()))
             .collect(),
-        zigbee2mqtt_bridges: bridges,
         has_master: store.master()?.is_some(),
         keyer: store.keyer().clone(),
         config,
@@ -109,17 +100,14 @@ pub async fn run_with_clock(
         store,
         publisher: publisher.clone(),
         panel,
-        tz,
         subscriptions: Vec::new(),
         outbox: Vec::new(),
         announced: false,
         queued_before_commit: 0,
         quiet: panel::Quiet::default(),
-        duress: None,
         systemd,
         users: 0,
         last_discovery: None,
-        last_panel_status: None,
         clock,
         system: Box::new(system),
     };
@@ -132,22 +120,7 @@ pub async fn run_with_clock(
         );
     }
     // A learning survives nothing: one that a stop cut short has ended.
-    if let Some(learning) = daemon
-        .store
-        .meta(panel::TAG_LEARNING)?
-        .filter(|bytes| !bytes.is_empty())
-    {
-        let mut change = Change {
-            meta: vec![(panel::TAG_LEARNING, Vec::new())],
-            ..Change::default()
-        };
-        if let Ok(learning) = serde_json::from_slice::<panel::Learning>(&learning) {
-            tracing::info!(
-                user = learning.user,
-                "a tag learning ended with the restart"
-            );
-            change.events.push(panel::learn_expired(&learning, now));
-        }
+    if let Some(change) = panel::learning_cut_short(daemon.store.meta(panel::TAG_LEARNING)?, now) {
         daemon.record(change).await;
     }
     // A delay or lockout saved by a clock that was ahead (or read by one that is behind)
@@ -204,29 +177,7 @@ pub async fn run_with_clock(
 
     tracing::info!("shutting down");
     daemon.systemd.stopping();
-    // The inbox stays open until the connection task has sent `offline` and DISCONNECT. A
-    // broker that is gone (or a full request queue) must not hold the shutdown up, and with
-    // no connection there is nobody to tell (the broker publishes the last will itself).
-    if !publisher.is_connected() {
-        task.abort();
-        drop(inbox);
-        daemon.store.make_durable()?;
-        return Ok(());
-    }
-    let goodbye = async {
-        publisher
-            .publish(&daemon.topics.status, "offline", true)
-            .await;
-        publisher.disconnect().await;
-        task.await
-    };
-    if tokio::time::timeout(Duration::from_secs(5), goodbye)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the MQTT connection did not close within 5 s");
-    }
-    drop(inbox);
+    mqtt::close(&publisher, inbox, task, &daemon.topics.status).await;
     daemon.store.make_durable()?;
     Ok(())
 }
@@ -238,15 +189,10 @@ struct Daemon {
     keyer: LookupKeyer,
     publisher: Publisher,
     panel: Panel,
-    tz: jiff::tz::TimeZone,
     /// The filters of the last subscription request, to name any the broker refuses.
     subscriptions: Vec<String>,
     /// Keypad topic → keypad.
     keypads: HashMap<String, KeypadConfig>,
-    /// `<base>/bridge/state` of each Zigbee2MQTT instance with a keypad: when it comes back
-    /// online, the keypads get the panel status again (Linkind and Hive keypads blink an
-    /// error until they do; Zigbee2MQTT issues #6242, #8997).
-    zigbee2mqtt_bridges: Vec<String>,
     /// Messages to publish once the current input is handled.
     outbox: Vec<Publish>,
     /// Whether the start-up announcements (panel status to keypads) went out.
@@ -255,33 +201,18 @@ struct Daemon {
     queued_before_commit: usize,
     /// Whether the store has a master (the bootstrap rule), kept current after each command.
     has_master: bool,
-    /// The current command's `auth` was a duress code: its silent event, recorded once the
-    /// result is out.
-    duress: Option<crate::events::Event>,
     systemd: Systemd,
     /// How many users the last roster had, for the status line.
     users: usize,
     /// Log lines about input anyone may send, at most one a kind every 10 s.
     quiet: panel::Quiet,
-    /// When discovery and the panel status were last re-sent on a status message: a flood of
-    /// `online` must not turn into a flood of publishes.
+    /// When discovery was last re-sent on a status message: a flood of `online` must not
+    /// turn into a flood of publishes.
     last_discovery: Option<Instant>,
-    last_panel_status: Option<Instant>,
     /// The daemon's time ([`Daemon::now`]).
     clock: Clock,
     /// The system's wall clock, only ever compared with `clock` ([`Daemon::check_clock`]).
     system: Box<dyn Fn() -> Timestamp + Send + Sync>,
-}
-
-/// The least time between two re-publishes asked for by a status message.
-const RESEND_EVERY: Duration = Duration::from_secs(5);
-
-fn due(last: &mut Option<Instant>, now: Instant) -> bool {
-    if last.is_some_and(|at| now.saturating_duration_since(at) < RESEND_EVERY) {
-        return false;
-    }
-    *last = Some(now);
-    true
 }
 
 impl Daemon {
@@ -358,15 +289,7 @@ impl Daemon {
     }
 
     async fn subscribe(&mut self) {
-        let mut topics = vec![
-            self.topics.alarm_set.clone(),
-            self.topics.config_set.clone(),
-        ];
-        if self.config.homeassistant.discovery {
-            topics.push(self.topics.ha_status.clone());
-        }
-        topics.extend(self.config.keypads.iter().map(|k| k.topic.clone()));
-        topics.extend(self.zigbee2mqtt_bridges.iter().cloned());
+        let topics = self.topics.subscriptions(&self.config);
         self.publisher.subscribe(&topics).await;
         self.subscriptions = topics;
     }
@@ -414,65 +337,22 @@ impl Daemon {
     async fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool, at: Timestamp) {
         let mono = Instant::now();
         if topic == self.topics.alarm_set {
-            if retain {
-                if let Some(more) = self.quiet.allow("retained alarm command", mono) {
-                    tracing::warn!(more, "ignoring a retained command on {topic}: commands are live exchanges; clearing it, so that no code stays on the broker");
-                }
-                if !payload.is_empty() {
-                    self.push(topic, Vec::new(), true);
-                }
-            } else if !payload.is_empty() {
-                match ha_keypad::parse(payload) {
-                    Ok((request, code)) => {
-                        let step = self.panel.begin_homeassistant(request, code, at, mono);
-                        self.step(step, at).await;
-                    }
-                    Err(why) => {
-                        if let Some(more) = self.quiet.allow("unreadable alarm command", mono) {
-                            tracing::warn!(more, "ignoring a command on {topic}: {why}");
-                        }
-                    }
-                }
-            }
+            let step = self.panel.alarm_set(payload, retain, at, mono);
+            self.step(step, at).await;
         } else if topic == self.topics.config_set {
             self.on_config_set(payload).await;
         } else if topic == self.topics.ha_status {
-            if payload == b"online" && due(&mut self.last_discovery, mono) {
+            if payload == b"online" && panel::due(&mut self.last_discovery, mono) {
                 tracing::info!("Home Assistant is online: publishing discovery");
                 self.queue_discovery();
             }
-        } else if self.zigbee2mqtt_bridges.iter().any(|t| t == topic) {
-            if zigbee2mqtt::bridge_online(payload) && due(&mut self.last_panel_status, mono) {
-                tracing::info!(topic, "Zigbee2MQTT is online: sending the panel status");
-                self.outbox.extend(self.panel.panel_status(at));
-            }
+        } else if let Some(status) = self.panel.bridge_state(topic, payload, at, mono) {
+            self.outbox.extend(status);
         } else if let Some(keypad) = self.keypads.get(topic).cloned() {
-            if retain {
-                // A keypad entry is a live exchange: an old retained one is never applied.
-                tracing::debug!(keypad = keypad.name, "ignoring a retained keypad message");
-                return;
-            }
-            match keypad::parse(keypad.protocol, payload) {
-                Parsed::Input(input) => {
-                    let step = self.panel.begin_keypad(&keypad, input, at, mono);
-                    self.step(step, at).await;
-                }
-                Parsed::Ignore => {}
-                Parsed::Invalid(why) => {
-                    if let Some(more) = self.quiet.allow("unreadable keypad message", mono) {
-                        tracing::warn!(
-                            keypad = keypad.name,
-                            more,
-                            "unreadable keypad message: {why}"
-                        );
-                    }
-                    if keypad.protocol != KeypadProtocol::Zigbee2mqtt {
-                        let reply = json_keypad::invalid(&why, self.panel.state());
-                        let topic = self.topics.keypad_result(&keypad.name);
-                        self.push(&topic, reply, false);
-                    }
-                }
-            }
+            let step = self
+                .panel
+                .keypad_message(&keypad, payload, retain, at, mono);
+            self.step(step, at).await;
         }
     }
 
@@ -481,53 +361,40 @@ impl Daemon {
         let decision = match step {
             Step::Done(decision) => *decision,
             Step::Identify(pending, code) => {
-                let (key, found) = self.identify_keyed(code).await;
-                // An unknown tag while a learning runs is bound instead of refused.
-                let learner = match (&found, self.panel.learning_for(&pending, at)) {
-                    (Ok(None), Some(user_id)) => {
-                        let store = self.store.clone();
-                        let user_id = user_id.to_owned();
-                        blocking(move || store.user(&user_id))
-                            .await
-                            .map_err(|e| tracing::error!(error = %e, "cannot read the user of a learning"))
-                            .ok()
-                            .flatten()
-                    }
-                    _ => None,
-                };
-                match (learner, key) {
-                    (Some(user), Some(key)) => {
-                        self.panel
-                            .finish_learned(pending, user, key, at, Instant::now())
-                    }
-                    _ => self.panel.finish(pending, found, at, Instant::now()),
-                }
+                let learner = self.panel.learning_for(&pending, at).map(str::to_owned);
+                let identified = self.identify_code(code, learner).await;
+                self.panel
+                    .finish_identified(pending, identified, at, Instant::now())
             }
         };
         self.carry_out(decision).await;
     }
 
-    /// [`Self::identify`], with the lookup key computed (to bind a tag being learned).
-    async fn identify_keyed(&self, code: Code) -> (Option<LookupKey>, panel::Found) {
+    /// One Argon2id computation (off the runtime) and one lookup; for a code that is nobody's,
+    /// the user of a learning too.
+    async fn identify_code(&self, code: Code, learner: Option<String>) -> panel::Identified {
         let keyer = self.keyer.clone();
         let store = self.store.clone();
         let result = blocking(move || {
             let key = keyer.key(&code);
-            store.credential_by_key(&key).map(|found| (key, found))
+            let found = store.credential_by_key(&key)?;
+            let learner = match (&found, learner) {
+                (None, Some(id)) => store.user(&id)?.map(|user| (user, key)),
+                _ => None,
+            };
+            Ok::<_, StoreError>(panel::Identified {
+                found: Ok(found),
+                learner,
+            })
         })
         .await;
-        match result {
-            Ok((key, found)) => (Some(key), Ok(found)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot look up a code");
-                (None, Err(()))
+        result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot look up a code");
+            panel::Identified {
+                found: Err(()),
+                learner: None,
             }
-        }
-    }
-
-    /// One Argon2id computation (off the runtime) and one lookup.
-    async fn identify(&self, code: Code) -> panel::Found {
-        self.identify_keyed(code).await.1
+        })
     }
 
     /// Durable before acknowledged: the commit, the alarm-state file, then the reply, the
@@ -630,208 +497,82 @@ impl Daemon {
         if payload.is_empty() {
             return;
         }
-        self.duress = None;
-        let result = self.config_command(payload).await;
-        self.push(
-            &self.topics.config_result.clone(),
-            result.to_string(),
-            false,
-        );
-        if let Some(event) = self.duress.take() {
-            self.push(&self.topics.config_set.clone(), Vec::new(), true);
+        let outcome = flow::handle(self, payload, self.now(), Instant::now()).await;
+        let result = outcome.result.to_string();
+        self.push(&self.topics.config_result.clone(), result, false);
+        // No code may linger on the broker: clear the (possibly retained) command.
+        self.push(&self.topics.config_set.clone(), Vec::new(), true);
+        if let Some(event) = outcome.duress {
+            // Silent, and after the result: the same latency as with the person's own code.
             self.flush().await;
             self.record(Change {
                 events: vec![event],
                 ..Change::default()
             })
             .await;
-            return;
-        }
-        // No code may linger on the broker: clear the (possibly retained) command.
-        self.push(&self.topics.config_set.clone(), Vec::new(), true);
-    }
-
-    async fn config_command(&mut self, payload: &[u8]) -> Value {
-        let codes = &self.config.codes;
-        let request = match admin::parse(payload, codes.min_length, codes.max_length) {
-            Ok(request) => request,
-            Err((partial, error)) => {
-                if let Some(more) = self.quiet.allow(error.kind(), Instant::now()) {
-                    tracing::warn!(kind = error.kind(), more, "refused a command: {error}");
-                }
-                return admin::failure(&partial, &error);
-            }
-        };
-        let outcome = match self.authorise(&request).await {
-            // Who is asking comes first: nothing about an id or its stored result (not even
-            // whether it was used) reaches a sender who is not authorised.
-            Ok(authority) => match self.stored_result(&request).await {
-                Ok(Some(stored)) => admin::replay(&stored, &self.fingerprint(&request)),
-                Ok(None) => match self.ration_codes(&request, &authority).await {
-                    Ok(()) => self.apply_command(&request, authority).await,
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match outcome {
-            // No success resets the admin channel's failures: they expire with
-            // `lockout.window_s`. Otherwise an admin could alternate guesses of the master's
-            // code (wrong `auth`, `duplicate_code`) with commands of their own, forever.
-            Ok(result) => {
-                if result.get("replayed").is_some() {
-                    tracing::info!(id = request.id, "command already applied: its result again");
-                }
-                result
-            }
-            Err(error) => {
-                if let CommandError::DuplicateCode(_) = error {
-                    // Each answer says whether a code exists: count it like a wrong code,
-                    // or the admin channel would be an unlimited code-guessing oracle.
-                    let change = self.panel.failure(admin::SOURCE, Timestamp::now());
-                    self.record(change).await;
-                }
-                // Anyone may send these: at most one line a kind every 10 s.
-                if let Some(more) = self.quiet.allow(error.kind(), Instant::now()) {
-                    tracing::info!(
-                        id = request.id,
-                        command = request.command.name(),
-                        kind = error.kind(),
-                        more,
-                        "command refused: {error}"
-                    );
-                }
-                admin::failure(&request.partial(), &error)
-            }
         }
     }
+}
 
-    /// Commands that give someone a code are rationed: each answer says whether a code is
-    /// free, so an unlimited stream of them would sweep every code (the master's included).
-    async fn ration_codes(
+impl flow::Desk for Daemon {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn panel(&mut self) -> &mut Panel {
+        &mut self.panel
+    }
+
+    fn quiet(&mut self) -> &mut panel::Quiet {
+        &mut self.quiet
+    }
+
+    fn has_master(&self) -> bool {
+        self.has_master
+    }
+
+    fn master_created(&mut self) {
+        self.has_master = true;
+    }
+
+    async fn identify(&mut self, code: Code) -> panel::Found {
+        self.identify_code(code, None).await.found
+    }
+
+    async fn stored(&mut self, id: &str) -> Result<Option<Value>, StoreError> {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        blocking(move || store.applied(&id)).await
+    }
+
+    async fn apply(
         &mut self,
         request: &admin::Request,
         authority: &Authority,
-    ) -> Result<(), CommandError> {
-        if !request.sets_code() {
-            return Ok(());
-        }
-        match self
-            .panel
-            .code_set(&authority.actor_key(), Timestamp::now())
-        {
-            Ok(()) => Ok(()),
-            Err((until, event)) => {
-                if let Some(event) = event {
-                    self.record(Change {
-                        events: vec![*event],
-                        ..Change::default()
-                    })
-                    .await;
-                }
-                Err(CommandError::LockedOut(format!(
-                    "too many codes were set in a short time (more than {} within \
-                     lockout.window_s): codes can be set again from {until}",
-                    panel::CODE_SETS_PER_WINDOW
-                )))
-            }
-        }
+        now: Timestamp,
+        under_duress: bool,
+    ) -> Result<admin::Applied, CommandError> {
+        let (store, keyer) = (self.store.clone(), self.keyer.clone());
+        let (request, authority) = (request.clone(), authority.clone());
+        // Hashing a new code and reading the store block: off the runtime.
+        blocking(move || {
+            let ctx = admin::Context {
+                store: &store,
+                keyer: &keyer,
+                now,
+                under_duress,
+            };
+            admin::apply(&ctx, &request, &authority)
+        })
+        .await
+    }
+
+    async fn commit(&mut self, change: Change) -> Result<(), StoreError> {
+        Daemon::commit(self, change).await
     }
 
     fn fingerprint(&self, request: &admin::Request) -> String {
         self.keyer.digest(&request.fingerprint_input()).to_hex()
-    }
-
-    async fn stored_result(&self, request: &admin::Request) -> Result<Option<Value>, CommandError> {
-        let store = self.store.clone();
-        let id = request.id.clone();
-        Ok(blocking(move || store.applied(&id)).await?)
-    }
-
-    /// Who the command acts for: `auth` checked like a keypad code, against the `admin` lockout.
-    async fn authorise(&mut self, request: &admin::Request) -> Result<Authority, CommandError> {
-        let now = Timestamp::now();
-        // Every path, `trust_broker` included: `duplicate_code` answers count as failures.
-        if let Some(locked) = self.panel.locked(admin::SOURCE, now) {
-            return Err(CommandError::LockedOut(format!(
-                "too many wrong codes: commands are refused until {}",
-                locked.until
-            )));
-        }
-        let auth = match admin::gate(request, self.config.admin.trust_broker, self.has_master) {
-            Gate::Authorised(authority) => return Ok(authority),
-            Gate::Refused(error) => return Err(error),
-            Gate::Identify(auth) => {
-                auth.parse(self.config.codes.min_length, self.config.codes.max_length)
-            }
-        };
-        let found = match auth {
-            Ok(code) => self.identify(code).await.map_err(|()| {
-                CommandError::Internal("the code could not be checked; see the daemon's log".into())
-            })?,
-            Err(_) => None,
-        };
-        let change = match found {
-            Some((user, credential)) => match admin::authorise(&user, now, &self.tz) {
-                Ok(authority) => {
-                    if let (Credential::Duress, Authority::User(user)) = (credential, &authority) {
-                        // Coerced into managing codes: it works as their code, and tells, once
-                        // the result is out (the same latency as with their own code).
-                        self.duress = Some(panel::duress_event(user, true, admin::SOURCE, now));
-                    }
-                    return Ok(authority);
-                }
-                Err(reason) => {
-                    self.panel
-                        .refusal(admin::SOURCE, now, Some((&user, reason.as_str())), "")
-                }
-            },
-            None => self.panel.refusal(admin::SOURCE, now, None, "wrong_code"),
-        };
-        self.record(change).await;
-        Err(admin::not_authorised())
-    }
-
-    async fn apply_command(
-        &mut self,
-        request: &admin::Request,
-        authority: Authority,
-    ) -> Result<Value, CommandError> {
-        let fingerprint = self.fingerprint(request);
-        let store = self.store.clone();
-        let keyer = self.keyer.clone();
-        let req = request.clone();
-        let under_duress = self.duress.is_some();
-        // Hashing a new code and reading the store block: off the runtime.
-        let applied = blocking(move || {
-            let ctx = admin::Context {
-                store: &store,
-                keyer: &keyer,
-                now: Timestamp::now(),
-                under_duress,
-            };
-            admin::apply(&ctx, &req, &authority)
-        })
-        .await?;
-        if let Some(learning) = applied.learn {
-            return self.start_learning(learning, applied.result).await;
-        }
-        let Some(mut change) = applied.change else {
-            return Ok(applied.result);
-        };
-        let stored = json!({"fingerprint": fingerprint, "result": applied.result});
-        change.applied = Some((request.id.clone(), stored));
-        self.commit(change).await?;
-        tracing::info!(
-            id = request.id,
-            command = request.command.name(),
-            "command applied"
-        );
-        if request.is_master_bootstrap() {
-            self.has_master = true;
-        }
-        Ok(applied.result)
     }
 }
 
@@ -841,38 +582,6 @@ fn waiting_line(config: &Config) -> String {
         "waiting for the broker at {}:{}",
         config.mqtt.host, config.mqtt.port
     )
-}
-
-impl Daemon {
-    /// Starts a `learn_tag` (DESIGN 10b), replacing any other; marked in the store so that a
-    /// restart tells it ended.
-    async fn start_learning(
-        &mut self,
-        learning: panel::Learning,
-        result: Value,
-    ) -> Result<Value, CommandError> {
-        if let Some(keypad) = &learning.keypad {
-            if !self.config.keypads.iter().any(|k| &k.name == keypad) {
-                return Err(CommandError::NotFound(
-                    "no keypad has that name (see `keypads` in the config)".into(),
-                ));
-            }
-        }
-        let marker = serde_json::to_vec(&learning).unwrap_or_default();
-        tracing::info!(
-            user = learning.user,
-            keypad = learning.keypad.as_deref().unwrap_or("any"),
-            until = %learning.until,
-            "learning a tag"
-        );
-        self.panel.start_learning(learning);
-        self.commit(Change {
-            meta: vec![(panel::TAG_LEARNING, marker)],
-            ..Change::default()
-        })
-        .await?;
-        Ok(result)
-    }
 }
 
 /// Runs blocking work (Argon2, sled, fsync) off the runtime; a panic there becomes an error.

@@ -8,9 +8,11 @@
 //!            │
 //!            ▼
 //!   daemon: one loop, one owner; it decides nothing, it does the I/O that decisions list
-//!            ├─► keypad::*  parse what arrives (Zigbee2MQTT, json, plain, Home Assistant)
-//!            ├─► panel      sans-IO: alarm + lockouts + attributes + transaction memory;
+//!            ├─► panel      sans-IO: alarm + lockouts + attributes + transaction memory + tag
+//!            │              learning; keypad/alarm-set/bridge messages parsed by keypad::*;
 //!            │              begin → (Argon2 lookup in the loop) → finish, tick(now) → Decision
+//!            ├─► admin::flow  one command: gate → auth (Argon2) → replay → ration → decide →
+//!            │              commit, over a `Desk` (the loop's I/O, or a fake in the tests)
 //!            ├─► admin      AdminCommand parsed whole, gate/authorise, decide against `Users`
 //!            └─► store      sled trees + secret + alarm-state file; durable before acknowledged
 //!   under them, pure: alarm (state machine), lockout, users (roles, validity), codes (Code,
@@ -22,7 +24,7 @@
 //!
 //! Modules: [`config`] (YAML, defaults, plain-words errors), [`codes`], [`store`], [`users`],
 //! [`keypad`], [`alarm`], [`lockout`], [`panel`] (every decision about the alarm), [`admin`]
-//! (code management), [`events`], [`topics`], [`homeassistant`], [`mqtt`] (the only rumqttc
+//! (code management; [`admin::flow`] carries one command through), [`events`], [`topics`], [`homeassistant`], [`mqtt`] (the only rumqttc
 //! user), [`daemon`] (the loop), [`cli`] (the offline commands), [`clock`] (the daemon's time:
 //! monotonic, never behind the store's last write, following the system clock's steps).
 //! The contract is `DESIGN.md`: topics, payloads, commands and storage rules.

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::topics::Topics;
 
 /// The password is read where the connection is built, not by the checker.
 impl Config {
@@ -160,6 +161,29 @@ impl Publisher {
     }
 }
 
+/// Says `offline` and DISCONNECT, then waits for the connection task. A broker that is gone
+/// (or a full request queue) must not hold the shutdown up, and with no connection there is
+/// nobody to tell (the broker publishes the last will itself). The inbox stays open until
+/// the task is done.
+pub async fn close(publisher: &Publisher, inbox: Inbox, task: JoinHandle<()>, status_topic: &str) {
+    if !publisher.is_connected() {
+        task.abort();
+        return;
+    }
+    let goodbye = async {
+        publisher.publish(status_topic, "offline", true).await;
+        publisher.disconnect().await;
+        task.await
+    };
+    if tokio::time::timeout(Duration::from_secs(5), goodbye)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the MQTT connection did not close within 5 s");
+    }
+    drop(inbox);
+}
+
 /// The streams from the connection task: connection events (rare, never dropped) and the
 /// message lanes (each bounded), in the order the daemon takes them.
 pub struct Inbox {
@@ -195,6 +219,20 @@ pub struct Lanes {
     pub alarm: String,
     pub config: String,
     pub status: Vec<String>,
+}
+
+impl Lanes {
+    /// `B/alarm/set`, `B/config/set`, and the status topics: Home Assistant's and each
+    /// Zigbee2MQTT bridge's state. Anything else is a keypad.
+    pub fn new(topics: &Topics, config: &Config) -> Lanes {
+        Lanes {
+            alarm: topics.alarm_set.clone(),
+            config: topics.config_set.clone(),
+            status: std::iter::once(topics.ha_status.clone())
+                .chain(Topics::zigbee2mqtt_bridges(&config.keypads))
+                .collect(),
+        }
+    }
 }
 
 /// Builds the client from the config and starts the connection task.

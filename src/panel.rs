@@ -24,14 +24,14 @@ use crate::alarm::{Alarm, AlarmState, ArmMode, Command, Outcome, Timings, Transi
 use crate::codes::Code;
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
 use crate::events::{Event, EventType};
-use crate::keypad::homeassistant::Request;
+use crate::keypad::homeassistant::{self, Request};
 use crate::keypad::{
-    json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, TypedCode,
+    self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, Parsed, TypedCode,
 };
 use crate::lockout::{Locked, Lockouts};
 use crate::store::{Change, StoreError};
 use crate::topics::Topics;
-use crate::users::{Credential, Role, Use, User};
+use crate::users::{Credential, DenyReason, Role, Use, User};
 
 /// How long a Zigbee2MQTT `(keypad, transaction)` is remembered: a keypad repeats a request
 /// that got no reply, and the repeat must not be applied twice.
@@ -205,6 +205,38 @@ impl Decision {
     }
 }
 
+/// Why a code was refused: it is nobody's (an `invalid_code` event), or its person's rules
+/// refuse it now (a `denied` event naming them).
+#[derive(Clone, Copy, Debug)]
+pub enum Refused<'a> {
+    Invalid(Invalid),
+    Denied(&'a User, DenyReason),
+}
+
+/// The `reason` of an `invalid_code` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// A request that needs a code came without one.
+    NoCode,
+    /// Not a code by the format rules (letters, too short or long).
+    MalformedCode,
+    /// Well-formed, and nobody's.
+    WrongCode,
+    /// A tag nobody has (or no reader could give).
+    UnknownTag,
+}
+
+impl Invalid {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalid::NoCode => "no_code",
+            Invalid::MalformedCode => "malformed_code",
+            Invalid::WrongCode => "wrong_code",
+            Invalid::UnknownTag => "unknown_tag",
+        }
+    }
+}
+
 /// The first step of an attempt.
 #[derive(Debug)]
 pub enum Step {
@@ -216,6 +248,14 @@ pub enum Step {
 /// The result of identifying a code: the user and which of their secrets it was, nobody, or
 /// a store that failed (not the person's fault: refused, not counted).
 pub type Found = Result<Option<(User, Credential)>, ()>;
+
+/// A code identified, with what a learning needs: when [`Panel::learning_for`] named a user
+/// and the code was nobody's, that user and the code's lookup key.
+#[derive(Debug)]
+pub struct Identified {
+    pub found: Found,
+    pub learner: Option<(User, crate::codes::LookupKey)>,
+}
 
 /// An attempt waiting for its code to be identified.
 #[derive(Debug)]
@@ -298,6 +338,13 @@ pub struct Panel {
     code_sets: HashMap<String, Ration>,
     window_s: u64,
     learning: Option<Learning>,
+    /// `<base>/bridge/state` of each Zigbee2MQTT instance with a keypad: when it comes back
+    /// online, the keypads get the panel status again (Linkind and Hive keypads blink an
+    /// error until they do; Zigbee2MQTT issues #6242, #8997).
+    bridges: Vec<String>,
+    /// When the panel status was last re-sent for a bridge: a flood of `online` must not
+    /// turn into a flood of publishes.
+    last_panel_status: Option<Instant>,
 }
 
 impl Panel {
@@ -329,6 +376,8 @@ impl Panel {
             window_s: rules_window_s(&lockouts),
             lockouts,
             learning: None,
+            bridges: Topics::zigbee2mqtt_bridges(keypads),
+            last_panel_status: None,
         }
     }
 
@@ -376,6 +425,11 @@ impl Panel {
         Err((until, Some(Box::new(event))))
     }
 
+    /// The zone validity rules and schedules are read in.
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.rules.tz
+    }
+
     pub fn state(&self) -> AlarmState {
         self.alarm.state
     }
@@ -413,10 +467,28 @@ impl Panel {
         (pending.tag && here && now < learning.until).then_some(learning.user_id.as_str())
     }
 
+    /// The second step of an attempt, a learning included: an unknown tag while a learning
+    /// runs is bound to the learning's user instead of refused.
+    pub fn finish_identified(
+        &mut self,
+        pending: Pending,
+        identified: Identified,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Decision {
+        match identified {
+            Identified {
+                found: Ok(None),
+                learner: Some((user, key)),
+            } => self.finish_learned(pending, user, key, now, mono),
+            Identified { found, .. } => self.finish(pending, found, now, mono),
+        }
+    }
+
     /// The unknown tag of `pending` (its lookup key `key`) is bound to `user`, the learning's
     /// user: the tag is added, the alarm does not change, and the keypad is answered as for a
     /// request that changes nothing. A user who has no room left gets the usual refusal.
-    pub fn finish_learned(
+    fn finish_learned(
         &mut self,
         pending: Pending,
         mut user: User,
@@ -497,6 +569,25 @@ impl Panel {
     }
 
     /// The panel status for every Zigbee2MQTT keypad.
+    /// A message on a Zigbee2MQTT bridge's state topic: the panel status again when it says
+    /// online (at most every [`RESEND_EVERY`]). `None`: not a bridge's topic.
+    pub fn bridge_state(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now: Timestamp,
+        mono: Instant,
+    ) -> Option<Vec<Publish>> {
+        if !self.bridges.iter().any(|t| t == topic) {
+            return None;
+        }
+        if !zigbee2mqtt::bridge_online(payload) || !due(&mut self.last_panel_status, mono) {
+            return Some(Vec::new());
+        }
+        tracing::info!(topic, "Zigbee2MQTT is online: sending the panel status");
+        Some(self.panel_status(now))
+    }
+
     pub fn panel_status(&self, now: Timestamp) -> Vec<Publish> {
         let status = zigbee2mqtt::panel_status(self.alarm.state, self.alarm.seconds_left(now));
         self.zigbee2mqtt_sets
@@ -672,6 +763,81 @@ impl Panel {
         )
     }
 
+    /// A message on `B/alarm/set`, Home Assistant's keypad. A retained one is never applied
+    /// (commands are live exchanges) and is cleared, so that no code stays on the broker.
+    pub fn alarm_set(
+        &mut self,
+        payload: &[u8],
+        retain: bool,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        let mut nothing = Decision::default();
+        if retain {
+            if let Some(more) = self.quiet.allow("retained alarm command", mono) {
+                tracing::warn!(more, "ignoring a retained command on {}: commands are live exchanges; clearing it, so that no code stays on the broker", self.topics.alarm_set);
+            }
+            if !payload.is_empty() {
+                nothing
+                    .publish
+                    .push(Publish::new(&self.topics.alarm_set, Vec::new(), true));
+            }
+            return Step::Done(Box::new(nothing));
+        }
+        if payload.is_empty() {
+            return Step::Done(Box::new(nothing));
+        }
+        match homeassistant::parse(payload) {
+            Ok((request, code)) => self.begin_homeassistant(request, code, now, mono),
+            Err(why) => {
+                if let Some(more) = self.quiet.allow("unreadable alarm command", mono) {
+                    tracing::warn!(
+                        more,
+                        "ignoring a command on {}: {why}",
+                        self.topics.alarm_set
+                    );
+                }
+                Step::Done(Box::new(nothing))
+            }
+        }
+    }
+
+    /// A message on a keypad's topic. A retained one is never applied (an entry is a live
+    /// exchange); an unreadable one is answered on json and plain keypads.
+    pub fn keypad_message(
+        &mut self,
+        keypad: &KeypadConfig,
+        payload: &[u8],
+        retain: bool,
+        now: Timestamp,
+        mono: Instant,
+    ) -> Step {
+        let mut nothing = Decision::default();
+        if retain {
+            tracing::debug!(keypad = keypad.name, "ignoring a retained keypad message");
+            return Step::Done(Box::new(nothing));
+        }
+        match keypad::parse(keypad.protocol, payload) {
+            Parsed::Input(input) => return self.begin_keypad(keypad, input, now, mono),
+            Parsed::Ignore => {}
+            Parsed::Invalid(why) => {
+                if let Some(more) = self.quiet.allow("unreadable keypad message", mono) {
+                    tracing::warn!(
+                        keypad = keypad.name,
+                        more,
+                        "unreadable keypad message: {why}"
+                    );
+                }
+                if keypad.protocol != KeypadProtocol::Zigbee2mqtt {
+                    let reply = json_keypad::invalid(&why, self.state());
+                    let topic = self.topics.keypad_result(&keypad.name);
+                    nothing.reply = Some(Publish::new(&topic, reply, false));
+                }
+            }
+        }
+        Step::Done(Box::new(nothing))
+    }
+
     /// A command from Home Assistant's panel (`B/alarm/set`).
     pub fn begin_homeassistant(
         &mut self,
@@ -744,14 +910,18 @@ impl Panel {
             return self.done(Decision::answered(Answer::LockedOut), &reply_to, mono);
         }
         let Some(code) = code else {
-            let decision = self.refuse(&source, now, None, "no_code");
+            let decision = self.refuse(&source, now, Refused::Invalid(Invalid::NoCode));
             return self.done(decision, &reply_to, mono);
         };
         let tag = code.is_tag();
         let Ok(code) = code.parse(self.rules.min_length, self.rules.max_length) else {
             // A tag no reader could give is a tag nobody has.
-            let why = if tag { "unknown_tag" } else { "malformed_code" };
-            let decision = self.refuse(&source, now, None, why);
+            let why = if tag {
+                Invalid::UnknownTag
+            } else {
+                Invalid::MalformedCode
+            };
+            let decision = self.refuse(&source, now, Refused::Invalid(why));
             return self.done(decision, &reply_to, mono);
         };
         Step::Identify(
@@ -784,15 +954,11 @@ impl Panel {
             tag,
         } = pending;
         let decision = match found {
-            Ok(None) if tag => self.refuse(&source, now, None, "unknown_tag"),
-            Ok(None) => self.refuse(&source, now, None, "wrong_code"),
+            Ok(None) if tag => self.refuse(&source, now, Refused::Invalid(Invalid::UnknownTag)),
+            Ok(None) => self.refuse(&source, now, Refused::Invalid(Invalid::WrongCode)),
             Ok(Some((user, Credential::Tag))) if lowers_protection && !self.rules.tags_disarm => {
-                let mut decision = self.refuse(
-                    &source,
-                    now,
-                    Some((&user, crate::users::DenyReason::NotPermitted.as_str())),
-                    "",
-                );
+                let why = Refused::Denied(&user, DenyReason::NotPermitted);
+                let mut decision = self.refuse(&source, now, why);
                 decision.change.events[0].credential = Some("tag".to_owned());
                 decision
             }
@@ -806,7 +972,7 @@ impl Panel {
                 match user.check(what, now, &self.rules.tz) {
                     Err(reason) => {
                         let mut decision =
-                            self.refuse(&source, now, Some((&user, reason.as_str())), "");
+                            self.refuse(&source, now, Refused::Denied(&user, reason));
                         if credential == Credential::Tag {
                             decision.change.events[0].credential = Some("tag".to_owned());
                         }
@@ -852,16 +1018,11 @@ impl Panel {
 
     /// A refused code from the admin channel or a keypad: the event, one more failure and the
     /// lockout it may start. `denied` names the user whose rules refused it.
-    pub fn refusal(
-        &mut self,
-        source: &str,
-        now: Timestamp,
-        denied: Option<(&User, &str)>,
-        why: &str,
-    ) -> Change {
+    pub fn refusal(&mut self, source: &str, now: Timestamp, why: Refused<'_>) -> Change {
         let mut events = Vec::new();
-        match denied {
-            Some((user, reason)) => {
+        match why {
+            Refused::Denied(user, reason) => {
+                let reason = reason.as_str();
                 tracing::info!(
                     source,
                     user = user.name,
@@ -875,7 +1036,8 @@ impl Panel {
                         .reason(reason),
                 );
             }
-            None => {
+            Refused::Invalid(why) => {
+                let why = why.as_str();
                 tracing::info!(source, why, "invalid code");
                 events.push(
                     Event::new(EventType::InvalidCode, now)
@@ -906,15 +1068,9 @@ impl Panel {
         change
     }
 
-    fn refuse(
-        &mut self,
-        source: &str,
-        now: Timestamp,
-        denied: Option<(&User, &str)>,
-        why: &str,
-    ) -> Decision {
+    fn refuse(&mut self, source: &str, now: Timestamp, why: Refused<'_>) -> Decision {
         Decision {
-            change: self.refusal(source, now, denied, why),
+            change: self.refusal(source, now, why),
             answer: Some(Answer::InvalidCode),
             ..Decision::default()
         }
@@ -1165,6 +1321,35 @@ impl Panel {
 }
 
 /// The `tag_learn_expired` event of a learning that ended without a tag.
+/// The least time between two re-publishes asked for by a status message.
+pub const RESEND_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether a re-publish asked for at `now` is due, the last one having been at `last`.
+pub fn due(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|at| now.saturating_duration_since(at) < RESEND_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+/// The change that ends a learning a stop cut short (its `meta` marker, `marker`), if any.
+pub fn learning_cut_short(marker: Option<Vec<u8>>, now: Timestamp) -> Option<Change> {
+    let marker = marker.filter(|bytes| !bytes.is_empty())?;
+    let mut change = Change {
+        meta: vec![(TAG_LEARNING, Vec::new())],
+        ..Change::default()
+    };
+    if let Ok(learning) = serde_json::from_slice::<Learning>(&marker) {
+        tracing::info!(
+            user = learning.user,
+            "a tag learning ended with the restart"
+        );
+        change.events.push(learn_expired(&learning, now));
+    }
+    Some(change)
+}
+
 pub fn learn_expired(learning: &Learning, now: Timestamp) -> Event {
     let mut event = Event::new(EventType::TagLearnExpired, now).source(crate::admin::SOURCE);
     event.user = Some(learning.user.clone());
@@ -1538,19 +1723,17 @@ keypads:
         let keypad = c.keypads.iter().find(|k| k.name == name).unwrap();
         match p.begin_keypad(keypad, input, now, Instant::now()) {
             Step::Done(d) => *d,
-            Step::Identify(pending, _) => match p.learning_for(&pending, now) {
-                Some(id) => {
+            Step::Identify(pending, _) => {
+                let learner = p.learning_for(&pending, now).map(|id| {
                     assert_eq!(id, "u_carol");
-                    p.finish_learned(
-                        pending,
-                        person("carol", Role::User),
-                        key(),
-                        now,
-                        Instant::now(),
-                    )
-                }
-                None => p.finish(pending, Ok(None), now, Instant::now()),
-            },
+                    (person("carol", Role::User), key())
+                });
+                let identified = Identified {
+                    found: Ok(None),
+                    learner,
+                };
+                p.finish_identified(pending, identified, now, Instant::now())
+            }
         }
     }
 
@@ -2450,5 +2633,86 @@ keypads:
         p.tick(t(30));
         front(&mut p, &c, DISARM, Some(&bob), t(40));
         assert_eq!(p.saved().generation, 3);
+    }
+
+    fn done(step: Step) -> Decision {
+        match step {
+            Step::Done(decision) => *decision,
+            Step::Identify(..) => panic!("the panel asked to identify a code"),
+        }
+    }
+
+    #[test]
+    fn a_retained_alarm_command_is_cleared_and_never_applied() {
+        let (mut p, _) = panel();
+        let payload = br#"{"action": "DISARM", "code": "1234"}"#;
+        let d = done(p.alarm_set(payload, true, t(0), Instant::now()));
+        assert_eq!(
+            d.publish,
+            vec![Publish::new("kb/alarm/set", Vec::new(), true)]
+        );
+        assert!(d.reply.is_none() && d.change.events.is_empty());
+        // Its own clearing (empty and retained) is not cleared again.
+        assert!(done(p.alarm_set(b"", true, t(0), Instant::now()))
+            .publish
+            .is_empty());
+        // A live one is identified.
+        assert!(matches!(
+            p.alarm_set(payload, false, t(0), Instant::now()),
+            Step::Identify(..)
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_keypad_message_is_answered_on_json_keypads_only() {
+        let (mut p, c) = panel();
+        let front = c.keypads.iter().find(|k| k.name == "front").unwrap();
+        let d = done(p.keypad_message(front, b"{not json", false, t(0), Instant::now()));
+        let reply: Value = serde_json::from_slice(&d.reply.expect("a reply").payload).unwrap();
+        assert_eq!(reply["result"], "invalid_request");
+        assert_eq!(reply["state"], "disarmed");
+        let hall = c.keypads.iter().find(|k| k.name == "hall").unwrap();
+        let d = done(p.keypad_message(hall, b"{not json", false, t(0), Instant::now()));
+        assert!(
+            d.reply.is_none(),
+            "Zigbee2MQTT keypads get no reply to junk"
+        );
+        // A retained entry is never applied.
+        let entry = br#"{"action": "arm_away", "code": "1234"}"#;
+        assert!(
+            done(p.keypad_message(front, entry, true, t(0), Instant::now()))
+                .reply
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_bridge_coming_online_gets_the_panel_status_at_most_every_five_seconds() {
+        let (mut p, _) = panel();
+        let clock = clock();
+        let bridge = "zigbee2mqtt/bridge/state";
+        let online = br#"{"state": "online"}"#;
+        assert_eq!(
+            p.bridge_state("other/topic", online, t(0), clock.at(0)),
+            None
+        );
+        let first = p.bridge_state(bridge, online, t(0), clock.at(0)).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].topic, "zigbee2mqtt/Hall keypad/set");
+        assert!(p
+            .bridge_state(bridge, online, t(1), clock.at(1))
+            .unwrap()
+            .is_empty());
+        let offline = br#"{"state": "offline"}"#;
+        assert!(p
+            .bridge_state(bridge, offline, t(6), clock.at(6))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            p.bridge_state(bridge, online, t(6), clock.at(6))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

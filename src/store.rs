@@ -109,22 +109,29 @@ pub enum StoreError {
     #[error("the alarm state file {path} is missing although the store has saved one before; restore it or remove the store's `alarm_saved` marker by re-creating the store")]
     AlarmStateMissing { path: PathBuf },
     // A permission error says whose the file is, who needs it and the fix (crate::owner).
+    // The cause is in the message and not a `source`: `{err:#}` prints it once.
     #[error(
-        "cannot use the secret file {path}: {source}{}",
-        owner::access_hint(path, source)
+        "cannot use the secret file {path}: {cause}{}",
+        owner::access_hint(path, cause)
     )]
-    SecretIo { path: PathBuf, source: io::Error },
+    SecretIo { path: PathBuf, cause: io::Error },
     #[error(
-        "store I/O error at {path}: {source}{}",
-        owner::access_hint(path, source)
+        "store I/O error at {path}: {cause}{}",
+        owner::access_hint(path, cause)
     )]
-    Io { path: PathBuf, source: io::Error },
+    Io { path: PathBuf, cause: io::Error },
     #[error("store error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("an internal task failed: {0}")]
     Task(String),
     #[error("invalid Argon2 parameters: {0}")]
     Argon2(argon2::Error),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
 }
 
 /// One atomic, durable change to the store.
@@ -226,7 +233,10 @@ impl Store {
             Ok(mut entries) => entries.next().is_some(),
             // Not "missing" or "lost": it is there, but not this user's to read.
             Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(StoreError::Io { path, source });
+                return Err(StoreError::Io {
+                    path,
+                    cause: source,
+                });
             }
             Err(_) => false,
         };
@@ -552,7 +562,7 @@ impl Store {
             }
             Err(source) => Err(StoreError::Io {
                 path: self.alarm_path.clone(),
-                source,
+                cause: source,
             }),
         }
     }
@@ -562,7 +572,7 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(alarm).unwrap_or_default();
         write_atomically(&self.alarm_path, &bytes).map_err(|source| StoreError::Io {
             path: self.alarm_path.clone(),
-            source,
+            cause: source,
         })?;
         if !self.meta.contains_key("alarm_saved")? {
             self.meta.insert("alarm_saved", "1")?;
@@ -576,7 +586,7 @@ impl Store {
         self.db.flush()?;
         sync_tree(&self.path).map_err(|source| StoreError::Io {
             path: self.path.clone(),
-            source,
+            cause: source,
         })
     }
 
@@ -720,7 +730,7 @@ fn open_error(e: sled::Error, path: &Path) -> StoreError {
         // sled names no file: the store's directory is where the user and mode are wrong.
         sled::Error::Io(io) if io.kind() == io::ErrorKind::PermissionDenied => StoreError::Io {
             path: path.to_owned(),
-            source: io,
+            cause: io,
         },
         sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => StoreError::Damaged {
             path: path.to_owned(),
@@ -844,7 +854,7 @@ fn create_new(
     db.flush()?;
     sync_tree(path).map_err(|source| StoreError::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     })?;
     tracing::info!(path = %path.display(), "created a new store");
     Ok(keyer)
@@ -857,7 +867,7 @@ fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
         Err(source) => {
             return Err(StoreError::SecretIo {
                 path: path.to_owned(),
-                source,
+                cause: source,
             })
         }
     };
@@ -865,7 +875,7 @@ fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     file.read_to_end(&mut secret)
         .map_err(|source| StoreError::SecretIo {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
     if secret.len() != SECRET_LEN {
         return Err(StoreError::SecretDamaged {
@@ -886,7 +896,7 @@ fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 fn create_secret(path: &Path) -> Result<Vec<u8>, StoreError> {
     let io_err = |source| StoreError::SecretIo {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
@@ -915,7 +925,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         .create(dir)
         .map_err(|source| StoreError::Io {
             path: dir.to_owned(),
-            source,
+            cause: source,
         })
 }
 
@@ -934,7 +944,7 @@ enum Report {
 fn make_private(path: &Path, report: Report) -> Result<(), StoreError> {
     let io_err = |source| StoreError::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,

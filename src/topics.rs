@@ -1,6 +1,6 @@
 //! Every MQTT topic the daemon uses (DESIGN.md 3 and 4), built from the config in one place.
 
-use crate::config::{Config, KeypadProtocol};
+use crate::config::{Config, KeypadConfig, KeypadProtocol};
 
 /// Topic strings, built once at start-up.
 #[derive(Clone, Debug)]
@@ -52,9 +52,8 @@ impl Topics {
     /// The bridge-state topic of every Zigbee2MQTT instance that has a keypad, taking the first
     /// level of the keypad's topic as Zigbee2MQTT's base topic (`zigbee2mqtt/Hall keypad` →
     /// `zigbee2mqtt/bridge/state`).
-    pub fn zigbee2mqtt_bridges(config: &Config) -> Vec<String> {
-        let mut bridges: Vec<String> = config
-            .keypads
+    pub fn zigbee2mqtt_bridges(keypads: &[KeypadConfig]) -> Vec<String> {
+        let mut bridges: Vec<String> = keypads
             .iter()
             .filter(|k| k.protocol == KeypadProtocol::Zigbee2mqtt)
             .map(|k| Topics::zigbee2mqtt_bridge(&k.topic))
@@ -62,6 +61,18 @@ impl Topics {
         bridges.sort();
         bridges.dedup();
         bridges
+    }
+
+    /// Every topic the daemon subscribes to: the commands, Home Assistant's status (with
+    /// discovery on), the keypads and the Zigbee2MQTT bridges' states.
+    pub fn subscriptions(&self, config: &Config) -> Vec<String> {
+        let mut topics = vec![self.alarm_set.clone(), self.config_set.clone()];
+        if config.homeassistant.discovery {
+            topics.push(self.ha_status.clone());
+        }
+        topics.extend(config.keypads.iter().map(|k| k.topic.clone()));
+        topics.extend(Topics::zigbee2mqtt_bridges(&config.keypads));
+        topics
     }
 
     /// What a topic the bridge publishes to or reads for another purpose than keypads is, in

@@ -9,7 +9,8 @@
 //! checks `auth` between them, one Argon2id computation under the `admin` source's lockout),
 //! the bootstrap rule, `admin.trust_broker`, and who may manage whom. The CLI's `init` and
 //! `reset-master` go through the same rules as [`Authority::Local`].
-//! No result, message or event ever holds a code.
+//! No result, message or event ever holds a code. [`flow`] carries one command through these
+//! steps in the order that keeps them safe.
 
 use jiff::Timestamp;
 use serde_json::{json, Map, Value};
@@ -20,6 +21,10 @@ use crate::events::{Event, EventType};
 use crate::keypad::TypedCode;
 use crate::store::{code_entry, Change, Store, StoreError};
 use crate::users::{names_equal, Credential, DenyReason, Role, Tag, Use, User, Window, MAX_TAGS};
+
+#[cfg(test)]
+mod fake;
+pub mod flow;
 
 /// Commands larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -56,7 +61,23 @@ pub enum CommandError {
     Forbidden(String),
     #[error("{0}")]
     Internal(String),
+    /// The store failed: the result says only that; the cause is for the log.
+    #[error("the store could not complete the command; see the daemon's log")]
+    Store(#[source] StoreFailure),
 }
+
+/// A [`StoreError`] a [`CommandError`] can carry (and compare, for the tests).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreFailure(std::sync::Arc<StoreError>);
+
+impl PartialEq for StoreFailure {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for StoreFailure {}
 
 impl CommandError {
     pub fn kind(&self) -> &'static str {
@@ -73,17 +94,14 @@ impl CommandError {
             CommandError::DuplicateCode(_) => "duplicate_code",
             CommandError::InvalidCodeFormat(_) => "invalid_code_format",
             CommandError::Forbidden(_) => "forbidden",
-            CommandError::Internal(_) => "internal",
+            CommandError::Internal(_) | CommandError::Store(_) => "internal",
         }
     }
 }
 
 impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
-        tracing::error!("store error while handling a command: {e}");
-        CommandError::Internal(
-            "the store could not complete the command; see the daemon's log".into(),
-        )
+        CommandError::Store(StoreFailure(std::sync::Arc::new(e)))
     }
 }
 
@@ -1572,12 +1590,9 @@ fn invalid(key: &str, what: &str) -> CommandError {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-    use std::collections::HashMap;
-
+    use super::fake::FakeUsers;
     use super::*;
     use crate::codes::Argon2Params;
-    use crate::store::code_entry;
     use proptest::prelude::*;
 
     const MIN: usize = 4;
@@ -1595,95 +1610,6 @@ mod tests {
         match parsed(command.clone()) {
             Ok(_) => panic!("{command} was accepted"),
             Err(e) => e,
-        }
-    }
-
-    /// The users in memory: what the rules read, and where a decided change lands.
-    #[derive(Default)]
-    struct FakeUsers {
-        users: Vec<User>,
-        codes: HashMap<LookupKey, (String, Credential)>,
-        events: Vec<Event>,
-        next_id: Cell<u32>,
-    }
-
-    impl FakeUsers {
-        fn commit(&mut self, change: Change) {
-            self.users.retain(|u| !change.delete_users.contains(&u.id));
-            for user in change.put_users {
-                self.users.retain(|u| u.id != user.id);
-                self.users.push(user);
-            }
-            for key in &change.delete_codes {
-                self.codes.remove(key);
-            }
-            for (key, entry) in change.put_codes {
-                let holder = self
-                    .users
-                    .iter()
-                    .find_map(|u| {
-                        [Credential::Code, Credential::Duress, Credential::Tag]
-                            .into_iter()
-                            .find(|which| code_entry(&u.id, *which) == entry)
-                            .map(|which| (u.id.clone(), which))
-                    })
-                    .expect("a code entry names a user of the same change");
-                self.codes.insert(key, holder);
-            }
-            self.events.extend(change.events);
-        }
-
-        fn get(&self, name: &str) -> &User {
-            self.users.iter().find(|u| u.name == name).unwrap()
-        }
-    }
-
-    impl Users for FakeUsers {
-        fn find_user(&self, id_or_name: &str) -> Result<Option<User>, StoreError> {
-            let by_id = self.users.iter().find(|u| u.id == id_or_name);
-            let by_name = || {
-                self.users
-                    .iter()
-                    .find(|u| names_equal(&u.name, id_or_name.trim()))
-            };
-            Ok(by_id.or_else(by_name).cloned())
-        }
-
-        fn users(&self) -> Result<Vec<User>, StoreError> {
-            Ok(self.users.clone())
-        }
-
-        fn credential_by_key(
-            &self,
-            key: &LookupKey,
-        ) -> Result<Option<(User, Credential)>, StoreError> {
-            Ok(self.codes.get(key).map(|(id, which)| {
-                let user = self.users.iter().find(|u| &u.id == id).unwrap();
-                (user.clone(), *which)
-            }))
-        }
-
-        fn new_user_id(&self) -> Result<String, StoreError> {
-            self.next_id.set(self.next_id.get() + 1);
-            Ok(format!("u_{:06}", self.next_id.get()))
-        }
-
-        fn activity(
-            &self,
-            limit: usize,
-            before: Option<u64>,
-            keep: &dyn Fn(&Event) -> bool,
-        ) -> Result<Vec<Event>, StoreError> {
-            let before = before.unwrap_or(u64::MAX);
-            Ok(self
-                .events
-                .iter()
-                .enumerate()
-                .rev()
-                .filter(|(i, e)| (*i as u64 + 1) < before && keep(e))
-                .map(|(_, e)| e.clone())
-                .take(limit)
-                .collect())
         }
     }
 
