@@ -740,7 +740,7 @@ fn crash_loop(kills: usize) {
 
 #[test]
 fn every_acknowledged_change_survives_sigkill_at_random_moments() {
-    crash_loop(25);
+    crash_loop(12);
 }
 
 #[test]
