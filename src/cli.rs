@@ -13,12 +13,10 @@ use jiff::Timestamp;
 use crate::admin::{self, AdminCommand, Authority, CommandError, Report, Rules};
 use crate::codes::Code;
 use crate::config::Config;
-use crate::events::{Event, EventType};
+use crate::events::{Event, EventType, Source};
 use crate::lockout::{self, LockoutRules, Lockouts};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::users::{DenyReason, Role, User};
-
-const SOURCE: &str = admin::LOCAL_SOURCE;
 
 /// How many times a terminal asks for a code before giving up.
 const TRIES: usize = 3;
@@ -322,8 +320,9 @@ pub fn unlock(config: &Config, source: Option<&str>, out: &mut dyn Write) -> any
         match source {
             Some(name) => {
                 write!(out, "{name} had nothing to unlock: it is not locked and no failed attempt is counted for it")?;
-                let mut known = vec!["admin".to_owned(), "homeassistant".to_owned()];
-                known.extend(config.keypads.iter().map(|k| format!("keypad:{}", k.name)));
+                let mut known = vec![Source::Admin, Source::HomeAssistant];
+                known.extend(config.keypads.iter().map(|k| Source::keypad(&k.name)));
+                let known: Vec<String> = known.iter().map(Source::to_string).collect();
                 if !known.iter().any(|k| k == name) {
                     write!(out, " (the sources are {})", known.join(", "))?;
                 }
@@ -337,7 +336,7 @@ pub fn unlock(config: &Config, source: Option<&str>, out: &mut dyn Write) -> any
         .iter()
         .map(|u| {
             let mut event = Event::new(EventType::Unlocked, now).source(&u.source);
-            event.by = Some(SOURCE.to_owned());
+            event.by = Some(Source::Cli.to_string());
             event
         })
         .collect();

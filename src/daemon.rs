@@ -23,6 +23,7 @@ use crate::admin::{self, flow, Authority, CommandError};
 use crate::clock::{self, Clock, Seen};
 use crate::codes::{Code, LookupKeyer};
 use crate::config::{Config, KeypadConfig};
+use crate::events::Source;
 use crate::homeassistant;
 use crate::lockout::{LockoutRules, Lockouts};
 use crate::mqtt::{self, MqttEvent, Publisher};
@@ -277,7 +278,9 @@ impl Daemon {
                 retain,
                 ..
             } => {
-                let span = tracing::debug_span!("message", topic);
+                let source = self.keypads.get(&topic).map(|k| Source::keypad(&k.name));
+                let source = source.or_else(|| self.topics.source_of(&topic));
+                let span = tracing::debug_span!("message", topic, source = source.as_deref());
                 let _enter = span.enter();
                 tracing::debug!(bytes = payload.len(), retain, "message");
                 self.on_message(&topic, &payload, retain, at).await;

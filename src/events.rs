@@ -6,6 +6,45 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// Where a request came from. Its lockout is counted under this name, and events and
+/// attributes carry it: `keypad:<name>`, `homeassistant`, `admin`, `cli`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A keypad of the config, with its name as events give it (`keypad:<name>`).
+    Keypad(String),
+    /// `B/alarm/set`: Home Assistant's alarm panel.
+    HomeAssistant,
+    /// `B/config/set`: code management.
+    Admin,
+    /// The offline commands.
+    Cli,
+}
+
+impl Source {
+    pub fn keypad(name: &str) -> Source {
+        Source::Keypad(format!("keypad:{name}"))
+    }
+}
+
+impl std::ops::Deref for Source {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Source::Keypad(name) => name,
+            Source::HomeAssistant => "homeassistant",
+            Source::Admin => "admin",
+            Source::Cli => "cli",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
 /// Every event type of DESIGN.md 7, in the order Home Assistant's event entity lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::alarm::{Alarm, AlarmState, ArmMode, Command, Outcome, Timings, Transition};
 use crate::codes::Code;
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
-use crate::events::{Event, EventType};
+use crate::events::{Event, EventType, Source};
 use crate::keypad::homeassistant::{self, Request};
 use crate::keypad::{
     self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, Parsed, TypedCode,
@@ -45,7 +45,6 @@ const IGNORED_TRIGGER_QUIET_S: i64 = 10;
 /// The `meta` key of the store's copy of the alarm state, committed with the events, use
 /// counts and lockouts of the same change (the file beside the store follows it).
 pub const ALARM_STATE: &str = "alarm_state";
-pub const HOMEASSISTANT: &str = "homeassistant";
 /// The `meta` key marking a running `learn_tag` (empty when none): a learning survives
 /// nothing, and one that a restart cut short is told as `tag_learn_expired`.
 pub const TAG_LEARNING: &str = "tag_learning";
@@ -260,7 +259,7 @@ pub struct Identified {
 /// An attempt waiting for its code to be identified.
 #[derive(Debug)]
 pub struct Pending {
-    source: String,
+    source: Source,
     command: Command,
     request: Request,
     lowers_protection: bool,
@@ -419,7 +418,7 @@ impl Panel {
         ration.blocked_until = Some(until);
         tracing::warn!(actor, until = %until, "too many codes set in a short time: refusing more for a while");
         let mut event = Event::new(EventType::Lockout, now)
-            .source(crate::admin::SOURCE)
+            .source(&Source::Admin)
             .reason("too_many_codes_set");
         event.until = Some(until);
         Err((until, Some(Box::new(event))))
@@ -524,7 +523,7 @@ impl Panel {
         event.learned = Some(true);
         event.tag_id = Some(id);
         event.credential = Some("tag".to_owned());
-        tracing::info!(source = pending.source, user = user.name, "tag learned");
+        tracing::info!(source = %pending.source, user = user.name, "tag learned");
         let mut change = Change::default();
         change
             .put_codes
@@ -752,9 +751,8 @@ impl Panel {
             transaction: input.transaction,
             exchange,
         };
-        let source = format!("keypad:{}", keypad.name);
         self.begin(
-            source,
+            Source::keypad(&keypad.name),
             Request::Keypad(input.action),
             input.code.clone(),
             reply_to,
@@ -847,7 +845,7 @@ impl Panel {
         mono: Instant,
     ) -> Step {
         self.begin(
-            HOMEASSISTANT.to_owned(),
+            Source::HomeAssistant,
             request,
             code,
             ReplyTo::HomeAssistant,
@@ -858,7 +856,7 @@ impl Panel {
 
     fn begin(
         &mut self,
-        source: String,
+        source: Source,
         request: Request,
         code: Option<TypedCode>,
         reply_to: ReplyTo,
@@ -888,7 +886,7 @@ impl Panel {
         if let Command::Arm(mode) = command {
             if !self.rules.modes.contains(&mode) {
                 tracing::warn!(
-                    source,
+                    %source,
                     mode = mode.as_str(),
                     "refusing a mode that alarm.modes does not list"
                 );
@@ -905,7 +903,7 @@ impl Panel {
         }
         if let Some(locked) = self.locked(&source, now) {
             if let Some(more) = self.quiet.allow("locked out", mono) {
-                tracing::info!(source, until = %locked.until, more, "refused without checking: locked out");
+                tracing::info!(%source, until = %locked.until, more, "refused without checking: locked out");
             }
             return self.done(Decision::answered(Answer::LockedOut), &reply_to, mono);
         }
@@ -1012,19 +1010,19 @@ impl Panel {
     }
 
     /// `Some` while `source` is locked out: refuse without hashing.
-    pub fn locked(&self, source: &str, now: Timestamp) -> Option<Locked> {
+    pub fn locked(&self, source: &Source, now: Timestamp) -> Option<Locked> {
         self.lockouts.check(source, now).err()
     }
 
     /// A refused code from the admin channel or a keypad: the event, one more failure and the
     /// lockout it may start. `denied` names the user whose rules refused it.
-    pub fn refusal(&mut self, source: &str, now: Timestamp, why: Refused<'_>) -> Change {
+    pub fn refusal(&mut self, source: &Source, now: Timestamp, why: Refused<'_>) -> Change {
         let mut events = Vec::new();
         match why {
             Refused::Denied(user, reason) => {
                 let reason = reason.as_str();
                 tracing::info!(
-                    source,
+                    %source,
                     user = user.name,
                     reason,
                     "code refused by its rules"
@@ -1038,7 +1036,7 @@ impl Panel {
             }
             Refused::Invalid(why) => {
                 let why = why.as_str();
-                tracing::info!(source, why, "invalid code");
+                tracing::info!(%source, why, "invalid code");
                 events.push(
                     Event::new(EventType::InvalidCode, now)
                         .source(source)
@@ -1054,10 +1052,10 @@ impl Panel {
 
     /// One more failure for `source` (e.g. a `duplicate_code` answer): the lockout counts to
     /// keep, and the `lockout` event when it starts one.
-    pub fn failure(&mut self, source: &str, now: Timestamp) -> Change {
+    pub fn failure(&mut self, source: &Source, now: Timestamp) -> Change {
         let mut change = Change::default();
         if let Some(locked) = self.lockouts.record_failure(source, now) {
-            tracing::warn!(source, until = %locked.until, "locked out after repeated wrong codes");
+            tracing::warn!(%source, until = %locked.until, "locked out after repeated wrong codes");
             let mut event = Event::new(EventType::Lockout, now).source(source);
             event.until = Some(locked.until);
             change.events.push(event);
@@ -1068,7 +1066,7 @@ impl Panel {
         change
     }
 
-    fn refuse(&mut self, source: &str, now: Timestamp, why: Refused<'_>) -> Decision {
+    fn refuse(&mut self, source: &Source, now: Timestamp, why: Refused<'_>) -> Decision {
         Decision {
             change: self.refusal(source, now, why),
             answer: Some(Answer::InvalidCode),
@@ -1121,7 +1119,7 @@ impl Panel {
         &mut self,
         command: Command,
         user: Option<(User, Credential)>,
-        source: &str,
+        source: &Source,
         request: Request,
         now: Timestamp,
         mono: Instant,
@@ -1171,7 +1169,7 @@ impl Panel {
                 self.attributes = Attributes {
                     user: user.as_ref().map(|u| u.name.clone()),
                     user_id: user.as_ref().map(|u| u.id.clone()),
-                    source: Some(source.to_owned()),
+                    source: Some(source.to_string()),
                     action: Some(request.word().to_owned()),
                     at: Some(now),
                     target_state: Some(self.target_state().as_str().to_owned()),
@@ -1196,12 +1194,12 @@ impl Panel {
             Outcome::TriggerIgnored => {
                 // Unauthenticated input: at most one logged event per source and state every
                 // 10 s, so a flood cannot wear the SD card or push real entries out of the log.
-                let key = (source.to_owned(), self.alarm.state);
+                let key = (source.to_string(), self.alarm.state);
                 let recent = self.ignored_triggers.get(&key).is_some_and(|last| {
                     now.duration_since(*last).as_secs() < IGNORED_TRIGGER_QUIET_S
                 });
                 if recent {
-                    tracing::debug!(source, "trigger ignored (not logged again)");
+                    tracing::debug!(%source, "trigger ignored (not logged again)");
                 } else {
                     self.ignored_triggers.retain(|_, last| {
                         now.duration_since(*last).as_secs() < IGNORED_TRIGGER_QUIET_S
@@ -1221,7 +1219,7 @@ impl Panel {
         let logged = decision.must_commit || self.quiet.allow("unchanged", mono).is_some();
         match &user {
             Some(user) if logged => tracing::info!(
-                source,
+                %source,
                 user = user.name,
                 answer = answer.as_str(),
                 state,
@@ -1230,7 +1228,7 @@ impl Panel {
             ),
             None if logged => {
                 tracing::info!(
-                    source,
+                    %source,
                     answer = answer.as_str(),
                     state,
                     "{}",
@@ -1351,7 +1349,7 @@ pub fn learning_cut_short(marker: Option<Vec<u8>>, now: Timestamp) -> Option<Cha
 }
 
 pub fn learn_expired(learning: &Learning, now: Timestamp) -> Event {
-    let mut event = Event::new(EventType::TagLearnExpired, now).source(crate::admin::SOURCE);
+    let mut event = Event::new(EventType::TagLearnExpired, now).source(&Source::Admin);
     event.user = Some(learning.user.clone());
     event.user_id = Some(learning.user_id.clone());
     if let Some((name, id)) = &learning.by {
@@ -1419,7 +1417,7 @@ impl Quiet {
 
 /// The silent `duress` event. A person's own duress code (DESIGN 10a) names them but carries no
 /// `notify`: the coerced person's phone may be in the intruder's hands.
-pub fn duress_event(user: &User, own_duress_code: bool, source: &str, now: Timestamp) -> Event {
+pub fn duress_event(user: &User, own_duress_code: bool, source: &Source, now: Timestamp) -> Event {
     let mut event = Event::new(EventType::Duress, now)
         .source(source)
         .about(user);
@@ -1644,7 +1642,7 @@ keypads:
             "{:?}",
             event_types(&d)
         );
-        assert!(p.locked("keypad:front", t(5)).is_some());
+        assert!(p.locked(&Source::keypad("front"), t(5)).is_some());
     }
 
     #[test]
@@ -1855,7 +1853,10 @@ keypads:
                 Instant::now(),
             );
         }
-        assert_eq!(p.locked("keypad:hall", t(5)).map(|l| l.until), Some(t(94)));
+        assert_eq!(
+            p.locked(&Source::keypad("hall"), t(5)).map(|l| l.until),
+            Some(t(94))
+        );
         p.start_learning(learning(None, 60));
         for _ in 0..CODE_SETS_PER_WINDOW {
             assert!(p.code_set("u_alice", t(5)).is_ok());
@@ -1876,8 +1877,8 @@ keypads:
             p.panel_status(t(3610))[0].payload,
             br#"{"arm_mode":{"delay":20,"mode":"exit_delay"}}"#
         );
-        assert!(p.locked("keypad:hall", t(3693)).is_some());
-        assert!(p.locked("keypad:hall", t(3694)).is_none());
+        assert!(p.locked(&Source::keypad("hall"), t(3693)).is_some());
+        assert!(p.locked(&Source::keypad("hall"), t(3694)).is_none());
         assert_eq!(p.learning().map(|l| l.until), Some(t(3660)));
         assert!(p.code_set("u_alice", t(3610)).is_err());
         let d = p
@@ -1917,7 +1918,10 @@ keypads:
         assert_eq!(meta_keys(&d), [ALARM_STATE, crate::lockout::META_KEY]);
         assert!(d.save_state);
         assert_eq!(p.next_deadline(), Some(t(30)));
-        assert_eq!(p.locked("keypad:hall", t(0)).map(|l| l.until), Some(t(90)));
+        assert_eq!(
+            p.locked(&Source::keypad("hall"), t(0)).map(|l| l.until),
+            Some(t(90))
+        );
         assert!(p.cap_restored(t(0)).is_none(), "once is enough");
         // Read on time, nothing is cut; and what ran out while down still catches up.
         let mut p = restored(&Lockouts::new(rules));
@@ -2056,8 +2060,8 @@ keypads:
         let d = front(&mut p, &c, AWAY, None, t(3));
         assert_eq!(event_types(&d), ["invalid_code", "lockout"]);
         assert_eq!(d.change.events[1].until, Some(t(93)));
-        assert!(p.locked("keypad:front", t(92)).is_some());
-        assert!(p.locked("keypad:front", t(93)).is_none());
+        assert!(p.locked(&Source::keypad("front"), t(92)).is_some());
+        assert!(p.locked(&Source::keypad("front"), t(93)).is_none());
     }
 
     #[test]
@@ -2313,7 +2317,7 @@ keypads:
             assert_eq!(d.answer, Some(Answer::InvalidCode));
             assert!(d.change.events.is_empty() && d.change.meta.is_empty());
         }
-        assert!(p.locked("keypad:front", t(7)).is_none());
+        assert!(p.locked(&Source::keypad("front"), t(7)).is_none());
     }
 
     #[test]

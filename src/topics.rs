@@ -1,6 +1,7 @@
 //! Every MQTT topic the daemon uses (DESIGN.md 3 and 4), built from the config in one place.
 
 use crate::config::{Config, KeypadConfig, KeypadProtocol};
+use crate::events::Source;
 
 /// Topic strings, built once at start-up.
 #[derive(Clone, Debug)]
@@ -61,6 +62,17 @@ impl Topics {
         bridges.sort();
         bridges.dedup();
         bridges
+    }
+
+    /// The source of a message on one of the command topics (a keypad's is its own).
+    pub fn source_of(&self, topic: &str) -> Option<Source> {
+        if topic == self.alarm_set {
+            Some(Source::HomeAssistant)
+        } else if topic == self.config_set {
+            Some(Source::Admin)
+        } else {
+            None
+        }
     }
 
     /// Every topic the daemon subscribes to: the commands, Home Assistant's status (with

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{Applied, Authority, CommandError, Gate, Request};
 use crate::codes::Code;
 use crate::config::Config;
-use crate::events::Event;
+use crate::events::{Event, Source};
 use crate::panel::{self, Found, Invalid, Learning, Panel, Quiet, Refused};
 use crate::store::{Change, StoreError};
 use crate::users::Credential;
@@ -105,7 +105,7 @@ async fn refused(
     if let CommandError::DuplicateCode(_) = error {
         // Each answer says whether a code exists: counted like a wrong code, or the admin
         // channel would be an unlimited code-guessing oracle.
-        let change = desk.panel().failure(super::SOURCE, now);
+        let change = desk.panel().failure(&Source::Admin, now);
         record(desk, change).await;
     }
     if let CommandError::Store(e) = error {
@@ -169,7 +169,7 @@ async fn authority(
     duress: &mut Option<Event>,
 ) -> Result<Authority, CommandError> {
     // Every path, `trust_broker` included: `duplicate_code` answers count as failures.
-    if let Some(locked) = desk.panel().locked(super::SOURCE, now) {
+    if let Some(locked) = desk.panel().locked(&Source::Admin, now) {
         return Err(CommandError::LockedOut(format!(
             "too many wrong codes: commands are refused until {}",
             locked.until
@@ -194,19 +194,19 @@ async fn authority(
                 Ok(authority) => {
                     if let (Credential::Duress, Authority::User(user)) = (credential, &authority) {
                         // Coerced into managing codes: it works as their code, and tells.
-                        *duress = Some(panel::duress_event(user, true, super::SOURCE, now));
+                        *duress = Some(panel::duress_event(user, true, &Source::Admin, now));
                     }
                     return Ok(authority);
                 }
                 Err(reason) => {
                     let why = Refused::Denied(&user, reason);
-                    desk.panel().refusal(super::SOURCE, now, why)
+                    desk.panel().refusal(&Source::Admin, now, why)
                 }
             }
         }
         None => {
             let why = Refused::Invalid(Invalid::WrongCode);
-            desk.panel().refusal(super::SOURCE, now, why)
+            desk.panel().refusal(&Source::Admin, now, why)
         }
     };
     record(desk, change).await;
@@ -457,7 +457,10 @@ mod tests {
             let result = desk.send(&json!({"id": format!("x{i}"), "command": "list_users"}), 11);
             assert_eq!(kind(&result), "unauthorized");
         }
-        assert!(desk.panel.locked(crate::admin::SOURCE, t(12)).is_none());
+        assert!(desk
+            .panel
+            .locked(&crate::events::Source::Admin, t(12))
+            .is_none());
     }
 
     #[test]

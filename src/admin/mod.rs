@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::codes::{wipe_json, Code, LookupKey, LookupKeyer, WipedJson};
-use crate::events::{Event, EventType};
+use crate::events::{Event, EventType, Source};
 use crate::keypad::TypedCode;
 use crate::store::{code_entry, Change, Store, StoreError};
 use crate::users::{names_equal, Credential, DenyReason, Role, Tag, Use, User, Window, MAX_TAGS};
@@ -28,9 +28,6 @@ pub mod flow;
 
 /// Commands larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
-pub const SOURCE: &str = "admin";
-/// The source of what the offline commands change ([`Authority::Local`]).
-pub const LOCAL_SOURCE: &str = "cli";
 
 /// The error kinds of DESIGN.md 6, one variant each; the text is the plain-words message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -561,10 +558,10 @@ impl Authority {
     }
 
     /// The source its events carry.
-    fn source(&self) -> &'static str {
+    fn source(&self) -> &'static Source {
         match self {
-            Authority::Local => LOCAL_SOURCE,
-            Authority::User(_) | Authority::Broker | Authority::Bootstrap => SOURCE,
+            Authority::Local => &Source::Cli,
+            Authority::User(_) | Authority::Broker | Authority::Bootstrap => &Source::Admin,
         }
     }
 }
