@@ -66,6 +66,35 @@ pub enum Seen {
     CaughtUp { system: Timestamp },
 }
 
+impl Seen {
+    /// Logs what was seen, at the level it deserves. A step the clock followed is returned:
+    /// the panel moves its deadlines by it.
+    pub fn log(&self) -> Option<SignedDuration> {
+        match self {
+            Seen::Stepped {
+                by,
+                was_behind: true,
+                ..
+            } => {
+                tracing::info!("{self}");
+                Some(*by)
+            }
+            Seen::Stepped { by, .. } => {
+                tracing::warn!("{self}");
+                Some(*by)
+            }
+            Seen::CaughtUp { .. } => {
+                tracing::info!("{self}");
+                None
+            }
+            Seen::StartedBehind { .. } | Seen::Behind { .. } => {
+                tracing::warn!("{self}");
+                None
+            }
+        }
+    }
+}
+
 impl Clock {
     /// The clock at start: the system's time, or the store's last write when the system clock
     /// is behind it (then also what to log).

@@ -20,14 +20,13 @@ use jiff::Timestamp;
 use serde_json::{json, Value};
 
 use crate::admin::{self, flow, Authority, CommandError};
-use crate::clock::{self, Clock, Seen};
+use crate::clock::{self, Clock};
 use crate::codes::{Code, LookupKeyer};
 use crate::config::{Config, KeypadConfig};
 use crate::events::Source;
 use crate::homeassistant;
-use crate::lockout::{LockoutRules, Lockouts};
 use crate::mqtt::{self, MqttEvent, Publisher};
-use crate::panel::{self, Decision, Panel, Publish, Rules, Saved, Step, ALARM_STATE};
+use crate::panel::{self, Decision, Panel, Publish, Saved, Step, ALARM_STATE};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::systemd::Systemd;
 use crate::topics::Topics;
@@ -66,27 +65,16 @@ pub async fn run_with_clock(
     let topics = Topics::new(&config);
     let (clock, seen) = Clock::start(system(), Instant::now(), store.last_write());
     if let Some(seen) = seen {
-        tracing::warn!("{seen}");
+        seen.log();
     }
     let now = clock.at(Instant::now());
     store.vouch(now);
-    let saved = Saved::newest(store.load_alarm(), store.meta(ALARM_STATE)?)?
-        .unwrap_or_else(|| Saved::new(now));
-    // A lockout survives a restart: cutting the power must not give a guesser a fresh count.
-    let lockouts = Lockouts::restore(
-        LockoutRules::from_config(&config.lockout),
-        store.meta(crate::lockout::META_KEY)?.as_deref(),
-    );
-    let panel = Panel::new(
-        Rules::from_config(&config, tz),
-        topics.clone(),
-        &config.keypads,
-        saved,
-        lockouts,
-    );
+    let saved = Saved::newest(store.load_alarm(), store.meta(ALARM_STATE)?)?;
+    let lockouts = store.meta(crate::lockout::META_KEY)?;
+    let panel = Panel::restore(&config, tz, topics.clone(), saved, lockouts, now);
     let lanes = mqtt::Lanes::new(&topics, &config);
     let mut systemd = Systemd::from_env();
-    systemd.status(waiting_line(&config));
+    systemd.status(crate::systemd::waiting_line(&config));
     let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, lanes)?;
     let mut daemon = Daemon {
         keypads: config
@@ -235,20 +223,10 @@ impl Daemon {
         // Told to the store before the shift is committed: after a step back it followed,
         // the store must not record the time from before the step.
         self.now();
-        match seen {
-            None => {}
-            Some(seen @ Seen::Stepped { by, was_behind, .. }) => {
-                if was_behind {
-                    tracing::info!("{seen}");
-                } else {
-                    tracing::warn!("{seen}");
-                }
-                if let Some(decision) = self.panel.shift(by) {
-                    self.carry_out(decision).await;
-                }
+        if let Some(by) = seen.and_then(|seen| seen.log()) {
+            if let Some(decision) = self.panel.shift(by) {
+                self.carry_out(decision).await;
             }
-            Some(seen @ Seen::CaughtUp { .. }) => tracing::info!("{seen}"),
-            Some(seen) => tracing::warn!("{seen}"),
         }
     }
 
@@ -264,7 +242,9 @@ impl Daemon {
         self.tick(at).await;
         match event {
             MqttEvent::Connected => self.subscribe().await,
-            MqttEvent::Lost => self.systemd.status(waiting_line(&self.config)),
+            MqttEvent::Lost => self
+                .systemd
+                .status(crate::systemd::waiting_line(&self.config)),
             MqttEvent::Subscribed { refused } => {
                 for i in refused {
                     let topic = self.subscriptions.get(i).map_or("?", String::as_str);
@@ -314,13 +294,8 @@ impl Daemon {
         self.systemd.ready(line);
     }
 
-    /// What `systemctl status` shows while connected.
     fn status_line(&self) -> String {
-        format!(
-            "online, {}, {} users",
-            self.panel.state().as_str(),
-            self.users
-        )
+        crate::systemd::online_line(self.panel.state(), self.users)
     }
 
     async fn flush(&mut self) {
@@ -577,14 +552,6 @@ impl flow::Desk for Daemon {
     fn fingerprint(&self, request: &admin::Request) -> String {
         self.keyer.digest(&request.fingerprint_input()).to_hex()
     }
-}
-
-/// The status line while there is no connection.
-fn waiting_line(config: &Config) -> String {
-    format!(
-        "waiting for the broker at {}:{}",
-        config.mqtt.host, config.mqtt.port
-    )
 }
 
 /// Runs blocking work (Argon2, sled, fsync) off the runtime; a panic there becomes an error.

@@ -28,7 +28,7 @@ use crate::keypad::homeassistant::{self, Request};
 use crate::keypad::{
     self, json as json_keypad, zigbee2mqtt, Answer, KeypadAction, KeypadInput, Parsed, TypedCode,
 };
-use crate::lockout::{Locked, Lockouts};
+use crate::lockout::{Locked, LockoutRules, Lockouts};
 use crate::store::{Change, StoreError};
 use crate::topics::Topics;
 use crate::users::{Credential, DenyReason, Role, Use, User};
@@ -347,6 +347,27 @@ pub struct Panel {
 }
 
 impl Panel {
+    /// The panel as the store left it: the saved alarm state (or a disarmed one) and the
+    /// lockouts, which survive a restart (cutting the power must not give a guesser a fresh
+    /// count).
+    pub fn restore(
+        config: &Config,
+        tz: TimeZone,
+        topics: Topics,
+        saved: Option<Saved>,
+        lockouts: Option<Vec<u8>>,
+        now: Timestamp,
+    ) -> Panel {
+        let rules = LockoutRules::from_config(&config.lockout);
+        Panel::new(
+            Rules::from_config(config, tz),
+            topics,
+            &config.keypads,
+            saved.unwrap_or_else(|| Saved::new(now)),
+            Lockouts::restore(rules, lockouts.as_deref()),
+        )
+    }
+
     pub fn new(
         rules: Rules,
         topics: Topics,

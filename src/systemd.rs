@@ -67,3 +67,16 @@ fn notify(states: &[NotifyState]) {
         tracing::warn!(error = %e, "cannot tell systemd how the daemon is");
     }
 }
+
+/// What `systemctl status` shows while connected.
+pub fn online_line(state: crate::alarm::AlarmState, users: usize) -> String {
+    format!("online, {}, {users} users", state.as_str())
+}
+
+/// What `systemctl status` shows while there is no connection.
+pub fn waiting_line(config: &crate::config::Config) -> String {
+    format!(
+        "waiting for the broker at {}:{}",
+        config.mqtt.host, config.mqtt.port
+    )
+}
