@@ -847,6 +847,37 @@ fn check_prefix(out: &mut Issues, at: &str, topic: &str) {
 
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
+/// The log filter spelt by `log.level` or `RUST_LOG`: comma-separated directives, each a level
+/// (`info`), `target=level` (`keypad_bridge=debug`) or a bare target (all its levels); the most
+/// specific target wins. Parsed by `tracing_subscriber`'s `Targets` (no regex engine in the
+/// binary), so span and field filters (`target[span]=debug`) are refused. `sled=warn` is added
+/// last, whatever the text says: sled's debug and trace records print the store's keys and values
+/// (lookup keys of codes, user records, the salt).
+pub fn log_filter(text: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let mut filter = Targets::new();
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.contains(['[', '{']) {
+            return Err(format!(
+                "{directive:?}: span and field filters are not supported"
+            ));
+        }
+        if directive.starts_with('=') {
+            return Err(format!("{directive:?} names no target"));
+        }
+        let one: Targets = directive
+            .parse()
+            .map_err(|err| format!("{directive:?}: {err}"))?;
+        if let Some(level) = one.default_level() {
+            filter = filter.with_default(level);
+        }
+        for (target, level) in &one {
+            filter = filter.with_target(target, level);
+        }
+    }
+    Ok(filter.with_target("sled", LevelFilter::WARN))
+}
+
 /// What needs the whole config: cross-key rules, topics, names, the time zone, the log filter.
 /// (The walk of [`parse`] has checked each number against [`RANGES`].)
 fn check(config: &Config) -> Issues {
@@ -924,7 +955,7 @@ fn check(config: &Config) -> Issues {
     check_keypads(&mut out, config);
     let level = config.log.level.trim();
     let bare_word = level.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    let refusal = match tracing_subscriber::EnvFilter::try_new(level) {
+    let refusal = match log_filter(level) {
         Err(err) => Some(format!(" ({err})")),
         Ok(_) if level.is_empty() => Some(String::new()),
         Ok(_) if bare_word && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) => {
@@ -1380,6 +1411,46 @@ keypads:
             "{}",
             found[0].message
         );
+    }
+
+    #[test]
+    fn log_filters_read_levels_and_targets_and_keep_sled_at_warnings() {
+        use tracing::Level;
+        let on = |text: &str, target: &str, level: Level| {
+            log_filter(text).unwrap().would_enable(target, &level)
+        };
+        assert!(on("info", "keypad_bridge::daemon", Level::INFO));
+        assert!(!on("info", "keypad_bridge::daemon", Level::DEBUG));
+        assert!(on("INFO", "rumqttc::state", Level::INFO));
+        assert!(on(
+            "warn,keypad_bridge=debug",
+            "keypad_bridge::panel",
+            Level::DEBUG
+        ));
+        assert!(!on("warn,keypad_bridge=debug", "rumqttc", Level::INFO));
+        assert!(on(
+            " info , keypad_bridge=trace,",
+            "keypad_bridge",
+            Level::TRACE
+        ));
+        assert!(on("keypad_bridge", "keypad_bridge::store", Level::TRACE));
+        assert!(!on("keypad_bridge", "rumqttc", Level::ERROR));
+        assert!(!on("", "keypad_bridge", Level::ERROR));
+        assert!(!on("off", "keypad_bridge", Level::ERROR));
+        for text in ["trace", "sled=trace"] {
+            assert!(on(text, "sled::tree", Level::WARN), "{text}");
+            assert!(!on(text, "sled::tree", Level::INFO), "{text}");
+            assert!(!on(text, "sled::pagecache::iobuf", Level::DEBUG), "{text}");
+        }
+        for text in [
+            "info,=debug",
+            "keypad_bridge=loud",
+            "a=b=c",
+            "x[span]=debug",
+            "[{f}]=info",
+        ] {
+            assert!(log_filter(text).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -170,34 +170,40 @@ fn load_config(path: &Path) -> anyhow::Result<config::Config> {
     })
 }
 
-/// Logs go to stderr (journald keeps them); `RUST_LOG` wins over `log.level`.
+/// Logs go to stderr (journald keeps them); `RUST_LOG`, when it is a valid filter, wins over
+/// `log.level` (both read by [`config::log_filter`], which keeps sled at warnings).
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
-        // sled's debug and trace records print keys and values: the lookup keys of codes
-        // checked, user records, the site salt. Never below warnings, whatever RUST_LOG says.
-        .add_directive("sled=warn".parse().expect("a valid directive"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| config::log_filter(&text).ok())
+        // `check` has refused a `log.level` that does not parse.
+        .or_else(|| config::log_filter(level).ok())
+        .unwrap_or_default();
+    let logs = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         // Under systemd, stderr goes to journald: no colours, no timestamp of our own (journald
         // adds one), and each line starts with its syslog priority (`<4>` for a warning), so
         // that `journalctl -p warning` filters it.
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .event_format(Journald(
-                tracing_subscriber::fmt::format()
-                    .without_time()
-                    .with_level(false),
-            ))
-            .init();
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false);
+        logs.with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .event_format(Journald(format)),
+        )
+        .init();
         return;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logs.with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal()),
+    )
+    .init();
 }
 
 /// A line format for journald: the syslog priority prefix (sd-daemon(3)), then the line.
