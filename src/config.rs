@@ -850,9 +850,9 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 /// The log filter spelt by `log.level` or `RUST_LOG`: comma-separated directives, each a level
 /// (`info`), `target=level` (`keypad_bridge=debug`) or a bare target (all its levels); the most
 /// specific target wins. Parsed by `tracing_subscriber`'s `Targets` (no regex engine in the
-/// binary), so span and field filters (`target[span]=debug`) are refused. `sled=warn` is added
-/// last, whatever the text says: sled's debug and trace records print the store's keys and values
-/// (lookup keys of codes, user records, the salt).
+/// binary), so span and field filters (`target[span]=debug`) are refused. sled's records stay at
+/// warnings or above whatever the text says, `sled::tree=trace` included: its debug and trace
+/// records print the store's keys and values (lookup keys of codes, user records, the salt).
 pub fn log_filter(text: &str) -> Result<tracing_subscriber::filter::Targets, String> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     let mut filter = Targets::new();
@@ -872,6 +872,10 @@ pub fn log_filter(text: &str) -> Result<tracing_subscriber::filter::Targets, Str
             filter = filter.with_default(level);
         }
         for (target, level) in &one {
+            let level = match target.starts_with("sled") {
+                true => level.min(LevelFilter::WARN),
+                false => level,
+            };
             filter = filter.with_target(target, level);
         }
     }
@@ -1437,7 +1441,12 @@ keypads:
         assert!(!on("keypad_bridge", "rumqttc", Level::ERROR));
         assert!(!on("", "keypad_bridge", Level::ERROR));
         assert!(!on("off", "keypad_bridge", Level::ERROR));
-        for text in ["trace", "sled=trace"] {
+        for text in [
+            "trace",
+            "sled=trace",
+            "sled::tree=trace",
+            "trace,sled::pagecache=debug",
+        ] {
             assert!(on(text, "sled::tree", Level::WARN), "{text}");
             assert!(!on(text, "sled::tree", Level::INFO), "{text}");
             assert!(!on(text, "sled::pagecache::iobuf", Level::DEBUG), "{text}");
