@@ -10,10 +10,12 @@
 //! up to date) and runs that binary, `target/release/keypad-bridge`, next to this example's own.
 //! It starts a real mosquitto (its own config: a free 127.0.0.1 port, `set_tcp_nodelay true`,
 //! no persistence) and one daemon per store size, each in a temp dir, and stops every process
-//! by its pid. Stores are built offline through the library before the daemon starts (adding
-//! 10000 users over MQTT re-publishes the whole roster after each one, DESIGN 10e): the users
-//! whose codes are typed get real lookup keys; the others get random 32-byte keys, which the
-//! `codes` tree cannot tell from Argon2 outputs. No code is ever printed.
+//! by its pid. The stores the entries are typed at are built offline through the library before
+//! the daemon starts, so that every user has a code: the users whose codes are typed get real
+//! lookup keys; the others get random 32-byte keys, which the `codes` tree cannot tell from
+//! Argon2 outputs (over MQTT, codes are rationed: 30 per `lockout.window_s`). A last phase
+//! builds a store of the largest size over MQTT, `add_user` after `add_user` (DESIGN 10e made
+//! that linear). No code is ever printed.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -71,7 +73,8 @@ fn main() -> anyhow::Result<()> {
         Plan {
             sizes: vec![1, 100, 10000],
             entries: 200,
-            admin: 40,
+            // Commands that give a code are rationed to 30 per `lockout.window_s`.
+            admin: 30,
             rtt: 1000,
             argon2: 30,
             scan_samples: [15, 7, 3],
@@ -116,8 +119,17 @@ fn main() -> anyhow::Result<()> {
             table.push(format!("argon2_us              p50 {argon2_us:>8}"));
         }
         let commit = site.commit_costs(plan.commit)?;
+        table.push(format!(
+            "whole roster {size:>5}  {} bytes, read and serialised in {} us (off the loop, at most \
+             every 2 s)",
+            commit.whole_bytes, commit.whole
+        ));
         site.write_config(&format!("kbb{run}"), 1_000_000, 10, 1)?;
         let mut daemon = Daemon::start(&daemon_bin, &site, &probe)?;
+        table.push(format!(
+            "announce {size:>5}  whole roster after {} ms, every entry after {} ms",
+            daemon.announced.0, daemon.announced.1
+        ));
         let sampler = Sampler::start(daemon.pid());
         if run == 0 {
             std::thread::sleep(Duration::from_millis(500));
@@ -182,6 +194,12 @@ fn main() -> anyhow::Result<()> {
     daemon.stop()?;
     table.push(format!("burst {burst}"));
     rss.insert("max_burst".into(), burst["max_rss_kib"].clone());
+
+    // The largest store again, built over MQTT.
+    let size = *plan.sizes.last().context("no store size")?;
+    let (line, max_rss) = build_over_mqtt(&daemon_bin, &probe, root.path(), size, broker.port)?;
+    table.push(line);
+    rss.insert("max_build_over_mqtt".into(), json!(max_rss));
     out.insert("rss_kib".into(), Value::Object(rss.clone()));
     out.insert("burst".into(), burst);
     drop(probe);
@@ -342,7 +360,8 @@ impl Probe {
         let mut options =
             MqttOptions::new(format!("bench-{}", std::process::id()), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        // The whole roster of 10000 users is about 3 MB.
+        options.set_max_packet_size(16 * 1024 * 1024, 1024 * 1024);
         let (client, mut connection) = Client::new(options, 2000);
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
@@ -386,6 +405,11 @@ impl Probe {
                 .context("no SUBACK from the broker")?;
             acks += 1;
         }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, filter: &str) -> anyhow::Result<()> {
+        self.client.unsubscribe(filter)?;
         Ok(())
     }
 
@@ -447,6 +471,8 @@ struct Site {
     /// Real codes: the master's first, then a few users'.
     codes: Vec<String>,
     used: std::collections::HashSet<String>,
+    /// `admin.trust_broker` in the config written next.
+    trust_broker: bool,
 }
 
 fn random_code(rng: &mut impl Rng) -> String {
@@ -468,6 +494,7 @@ impl Site {
             },
             codes: Vec::new(),
             used: Default::default(),
+            trust_broker: false,
         };
         site.write_config("kbbuild", 1_000_000, 10, 1)?;
         let config = keypad_bridge::config::load(&site.dir.join("config.yaml"))?;
@@ -515,6 +542,13 @@ impl Site {
         Ok(Store::open(&config, Create::Refused)?)
     }
 
+    /// The id of the user whose entry the daemon publishes last on connecting.
+    fn newest_user(&self) -> anyhow::Result<String> {
+        let store = self.open()?;
+        let users = store.users()?;
+        Ok(users.last().context("no user")?.id.clone())
+    }
+
     /// The daemon's config: `keypads` json keypads kp0.., the given lockout, no delays.
     fn write_config(
         &mut self,
@@ -535,6 +569,7 @@ impl Site {
                                  "iterations": self.params.iterations,
                                  "parallelism": self.params.parallelism}},
             "lockout": {"max_failures": max_failures, "window_s": window_s},
+            "admin": {"trust_broker": self.trust_broker},
             "alarm": {"exit_delay_s": {"armed_away": 0, "armed_home": 0, "armed_night": 0,
                                        "armed_vacation": 0}, "entry_delay_s": 0},
             "homeassistant": {"discovery": false},
@@ -566,8 +601,9 @@ impl Site {
 
     /// What the daemon's commits cost on this store, measured through the library before it
     /// starts: a wrong code's (its event and the lockout counts), a right code's (the user's
-    /// use count, its events, the alarm-state file replaced atomically), and the roster read
-    /// and serialised after a user changed.
+    /// use count, its events, the alarm-state file replaced atomically), the user's roster
+    /// entry that the loop then queues, and the whole roster that is read and serialised off
+    /// the loop at most every 2 s.
     fn commit_costs(&self, n: usize) -> anyhow::Result<Commit> {
         let store = self.open()?;
         let master = store.master()?.context("no master")?;
@@ -576,6 +612,11 @@ impl Site {
         let mut wrong = Vec::new();
         let mut right = Vec::new();
         let mut roster = Vec::new();
+        let mut whole = Vec::new();
+        let mut whole_bytes = 0;
+        let topics = keypad_bridge::topics::Topics::new(&keypad_bridge::config::load(
+            &self.dir.join("config.yaml"),
+        )?);
         let lockouts = vec![b'x'; 200];
         for _ in 0..n {
             wrong.push(time_us(|| {
@@ -600,10 +641,15 @@ impl Site {
                     .expect("state file");
             }));
             roster.push(time_us(|| {
+                let change = Change {
+                    put_users: vec![master.clone()],
+                    ..Change::default()
+                };
+                std::hint::black_box(keypad_bridge::roster::changed_users(&topics, &change));
+            }));
+            whole.push(time_us(|| {
                 let users = store.users().expect("users");
-                let entries: Vec<_> = users.iter().map(User::roster_entry).collect();
-                let payload = json!({ "users": entries }).to_string();
-                std::hint::black_box(payload);
+                whole_bytes = keypad_bridge::roster::whole(&users).len();
             }));
         }
         let _ = std::fs::remove_file(scratch);
@@ -611,6 +657,8 @@ impl Site {
             wrong: percentile(&wrong, 50),
             right: percentile(&right, 50),
             roster: percentile(&roster, 50),
+            whole: percentile(&whole, 50),
+            whole_bytes,
         })
     }
 }
@@ -618,7 +666,11 @@ impl Site {
 struct Commit {
     wrong: u64,
     right: u64,
+    /// The changed user's entry, built in the loop.
     roster: u64,
+    /// The whole roster read and serialised, off the loop.
+    whole: u64,
+    whole_bytes: usize,
 }
 
 /// Where an entry's time goes (p50s): the Argon2 and commit parts measured in this process,
@@ -637,15 +689,23 @@ fn entry_breakdown(argon2: u64, commit: &Commit, right: u64, wrong: u64) -> Valu
 /// The release daemon on a site; SIGTERM then SIGKILL by pid.
 struct Daemon {
     child: Option<Child>,
+    /// Milliseconds after `online` until the whole roster, and until the last user's entry,
+    /// arrived: what the daemon publishes on connecting.
+    announced: (u64, u64),
 }
 
 impl Daemon {
+    /// Starts the daemon and waits until it has published every roster entry.
     fn start(bin: &Path, site: &Site, probe: &Probe) -> anyhow::Result<Daemon> {
+        let newest = site.topic(&format!("config/users/{}", site.newest_user()?));
+        let whole = site.topic("config/users");
         probe.subscribe(&[
             site.topic("status"),
             site.topic("keypad/+/result"),
             site.topic("config/result"),
             site.topic("event"),
+            whole.clone(),
+            newest.clone(),
         ])?;
         let log = std::fs::File::create(site.dir.join(format!("{}.log", site.base)))?;
         let child = Command::new(bin)
@@ -657,11 +717,40 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        let daemon = Daemon { child: Some(child) };
+        let mut daemon = Daemon {
+            child: Some(child),
+            announced: (0, 0),
+        };
         let status = site.topic("status");
-        probe
-            .wait(|m| m.topic == status && m.payload == b"online", WAIT)
-            .context("the daemon did not come online (see its log in the site dir)")?;
+        let (mut online, mut got_whole, mut got_newest) = (None, None, None);
+        while online.is_none() || got_whole.is_none() || got_newest.is_none() {
+            let msg = probe
+                .wait(
+                    |m| m.topic == status || m.topic == whole || m.topic == newest,
+                    WAIT,
+                )
+                .context(
+                    "the daemon did not come online and publish the roster (see its log in the \
+                     site dir)",
+                )?;
+            if msg.topic == status {
+                if msg.payload == b"online" {
+                    online.get_or_insert(msg.at);
+                }
+            } else if msg.topic == whole {
+                got_whole.get_or_insert(msg.at);
+            } else {
+                got_newest.get_or_insert(msg.at);
+            }
+        }
+        let since = |at: Option<Instant>| {
+            at.zip(online).map_or(0, |(at, online)| {
+                at.saturating_duration_since(online).as_millis() as u64
+            })
+        };
+        daemon.announced = (since(got_whole), since(got_newest));
+        probe.unsubscribe(&whole)?;
+        probe.unsubscribe(&newest)?;
         probe.drain();
         Ok(daemon)
     }
@@ -902,6 +991,69 @@ fn burst(probe: &Probe, site: &Site, pid: u32, sampler: &Sampler) -> anyhow::Res
         "cpu_s": (cpu * 100.0).round() / 100.0,
         "max_rss_kib": max_rss,
     }))
+}
+
+/// A store of `size` users built over MQTT: the master offline (the first code is the seed),
+/// then `size - 1` `add_user` commands without codes (codes are rationed), with
+/// `admin.trust_broker` (no `auth` to hash) and up to 32 in flight (the daemon's queue for
+/// commands holds 64). Returns a line for the table and the daemon's peak RSS in KiB.
+fn build_over_mqtt(
+    bin: &Path,
+    probe: &Probe,
+    root: &Path,
+    size: usize,
+    port: u16,
+) -> anyhow::Result<(String, u64)> {
+    let mut site = Site::build(root, 99, 1, port)?;
+    site.trust_broker = true;
+    site.write_config("kbbmqtt", 4, 600, 1)?;
+    let mut daemon = Daemon::start(bin, &site, probe)?;
+    let sampler = Sampler::start(daemon.pid());
+    let result = site.topic("config/result");
+    let to_add = size.saturating_sub(1);
+    let chunk = (to_add / 10).max(1);
+    let start = Instant::now();
+    let (mut sent, mut done) = (0, 0);
+    let mut marks = vec![Duration::ZERO];
+    while done < to_add {
+        while sent < to_add && sent - done < 32 {
+            let command = json!({"id": format!("mqtt-{sent}"), "command": "add_user",
+                                 "name": format!("member{sent:05}")});
+            probe.publish(&site.topic("config/set"), command.to_string())?;
+            sent += 1;
+        }
+        let msg = probe
+            .wait(|m| m.topic == result, WAIT)
+            .context("no result for an add_user over MQTT")?;
+        if msg.json()["ok"] != true {
+            bail!("add_user failed: {}", msg.json()["error"]);
+        }
+        done += 1;
+        if done % chunk == 0 {
+            marks.push(start.elapsed());
+        }
+    }
+    let total = start.elapsed();
+    let max_rss = sampler.max().max(vm(daemon.pid(), "VmHWM:"));
+    sampler.stop();
+    daemon.stop()?;
+    let per_add = |i: usize| (marks[i] - marks[i - 1]).as_secs_f64() * 1000.0 / chunk as f64;
+    let line = if marks.len() > 2 {
+        format!(
+            "built {size} users over MQTT in {:.1} s: {:.2} ms an add_user for the first {chunk}, \
+             {:.2} ms for the last {chunk} (no codes, trust_broker, 32 in flight); max RSS {max_rss} KiB",
+            total.as_secs_f64(),
+            per_add(1),
+            per_add(marks.len() - 1),
+        )
+    } else {
+        format!(
+            "built {size} users over MQTT in {:.1} s",
+            total.as_secs_f64()
+        )
+    };
+    println!("{line}");
+    Ok((line, max_rss))
 }
 
 /// The peers' design: a wrong code verified against `n` per-user Argon2id PHC hashes in turn

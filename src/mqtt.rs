@@ -16,8 +16,20 @@
 //! would reconnect at once in a tight loop, so the task sleeps with a growing [`Backoff`]. The
 //! daemon connects with a clean start, so it re-subscribes on every [`MqttEvent::Connected`]
 //! (rumqtt issues #250, #857).
+//!
+//! Two limits guard the connection against the daemon's own large messages (the whole roster:
+//! DESIGN 10e). A publish over the Maximum Packet Size the broker announced in CONNACK
+//! (mosquitto's `max_packet_size`) would fail rumqttc's write and drop the connection, so it is
+//! not sent ([`Publisher::packet_limit`]). And a broker that refuses a QoS 1 message as too
+//! large (mosquitto's `message_size_limit`) answers with PUBACK reason 0x95, which MQTT 5 does
+//! not define for PUBACK and rumqttc cannot read ("Invalid return code received as response
+//! for connect = 149"): the connection would drop, and the message would be published again
+//! after reconnecting, for ever. So the whole roster ([`Publisher::publish_without_ack`]) and
+//! any payload over [`QOS0_ABOVE`] go out with QoS 0, which the broker drops without an answer.
+//! (With a clean session QoS 1 adds nothing else here: rumqttc forgets unacknowledged messages
+//! when it reconnects, and the daemon publishes its retained state again.)
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +84,10 @@ const KEYPAD_LANE: (usize, usize) = (1024, 4 * 1024);
 const STATUS_LANE: (usize, usize) = (64, 4 * 1024);
 const ADMIN_LANE: (usize, usize) = (64, KEPT_PAYLOAD);
 
+/// Payloads larger than this are published with QoS 0 (see the module docs): only the whole
+/// roster and long command results (`list_users`, `activity`) are that large.
+pub const QOS0_ABOVE: usize = 4 * 1024;
+
 /// At most one drop warning per queue in this time.
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
@@ -121,18 +137,52 @@ pub struct Publisher {
     closing: Arc<AtomicBool>,
     /// Whether the connection is up (a ConnAck and no error since).
     connected: Arc<AtomicBool>,
+    /// The Maximum Packet Size of the broker's last CONNACK; 0 when it announced none.
+    max_packet: Arc<AtomicU32>,
 }
 
 impl Publisher {
-    /// Queues a QoS 1 publish; it goes out once connected.
+    /// Queues a publish (QoS 1, or QoS 0 above [`QOS0_ABOVE`] bytes); it goes out once
+    /// connected. One over the broker's [`Publisher::packet_limit`] is dropped with a warning.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
         let payload: Vec<u8> = payload.into();
-        if let Err(e) = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
+        let qos = if payload.len() > QOS0_ABOVE {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        self.send(topic, payload, retain, qos).await;
+    }
+
+    /// Queues a QoS 0 publish, for a message that may be larger than the broker takes (see the
+    /// module docs): the broker drops it without an answer that would cost the connection.
+    pub async fn publish_without_ack(&self, topic: &str, payload: Vec<u8>, retain: bool) {
+        self.send(topic, payload, retain, QoS::AtMostOnce).await;
+    }
+
+    async fn send(&self, topic: &str, payload: Vec<u8>, retain: bool, qos: QoS) {
+        if let Some(max) = self.packet_limit() {
+            let size = packet_size(topic, payload.len());
+            if size > max as usize {
+                tracing::warn!(
+                    topic,
+                    "not publishing a message of {size} bytes: the broker takes at most {max} \
+                     bytes in one packet (its maximum packet size; mosquitto: max_packet_size)"
+                );
+                return;
+            }
+        }
+        if let Err(e) = self.client.publish(topic, qos, retain, payload).await {
             tracing::warn!(topic, "cannot queue a publish: {e}");
+        }
+    }
+
+    /// The largest packet the broker takes, if its CONNACK said (MQTT 5 Maximum Packet Size);
+    /// compare with [`packet_size`].
+    pub fn packet_limit(&self) -> Option<u32> {
+        match self.max_packet.load(Ordering::Relaxed) {
+            0 => None,
+            max => Some(max),
         }
     }
 
@@ -182,6 +232,19 @@ pub async fn close(publisher: &Publisher, inbox: Inbox, task: JoinHandle<()>, st
         tracing::warn!("the MQTT connection did not close within 5 s");
     }
     drop(inbox);
+}
+
+/// The size in bytes of the MQTT 5 PUBLISH packet that carries `payload_len` bytes on `topic`
+/// (with a packet id, no properties), as the broker's Maximum Packet Size counts it.
+pub fn packet_size(topic: &str, payload_len: usize) -> usize {
+    let remaining = 2 + topic.len() + 2 + 1 + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
 }
 
 /// The streams from the connection task: connection events (rare, never dropped) and the
@@ -294,6 +357,7 @@ pub fn connect(
     let (admin_tx, admin) = mpsc::channel(ADMIN_LANE.0);
     let closing = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicBool::new(false));
+    let max_packet = Arc::new(AtomicU32::new(0));
     let queues = Queues {
         lanes,
         alarm: (
@@ -314,12 +378,14 @@ pub fn connect(
         queues,
         closing.clone(),
         connected.clone(),
+        max_packet.clone(),
     ));
     Ok((
         Publisher {
             client,
             closing,
             connected: connected.clone(),
+            max_packet,
         },
         Inbox {
             control,
@@ -492,13 +558,16 @@ async fn drive(
     mut queues: Queues,
     closing: Arc<AtomicBool>,
     connected: Arc<AtomicBool>,
+    max_packet: Arc<AtomicU32>,
 ) {
     let mut backoff = Backoff::new();
     tracing::info!("connecting to the MQTT broker at {broker}");
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 tracing::info!("connected to the MQTT broker at {broker}");
+                let limit = ack.properties.and_then(|p| p.max_packet_size);
+                max_packet.store(limit.unwrap_or(0), Ordering::Relaxed);
                 backoff.connected(Instant::now());
                 connected.store(true, Ordering::Relaxed);
                 let _ = control.send(MqttEvent::Connected);

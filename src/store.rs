@@ -402,10 +402,78 @@ impl Store {
         if let Some(user) = self.user(id_or_name)? {
             return Ok(Some(user));
         }
-        Ok(self
-            .users()?
-            .into_iter()
-            .find(|u| names_equal(&u.name, id_or_name.trim())))
+        match self.named(id_or_name.trim(), None)? {
+            Some(id) => self.user(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// The id of a user other than `except` whose name is `name` (case-insensitive). Reads
+    /// only each record's id and name: at 10000 users a third of the time of [`Store::users`],
+    /// and every `add_user` asks.
+    pub fn named(&self, name: &str, except: Option<&str>) -> Result<Option<String>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            name: std::borrow::Cow<'a, str>,
+        }
+        for value in self.users.iter().values() {
+            let bytes = value?;
+            let named: Named<'_> = serde_json::from_slice(&bytes)
+                .map_err(|e| self.damaged(format!("a user record is unreadable: {e}")))?;
+            if names_equal(&named.name, name) && Some(named.id.as_ref()) != except {
+                return Ok(Some(named.id.into_owned()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many users there are, and whether one is the master, reading only each record's
+    /// role (the daemon asks once, at start; decoding 10000 users would leave 7 MiB of heap).
+    pub fn census(&self) -> Result<(usize, bool), StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Census {
+            role: Role,
+        }
+        let (mut count, mut master) = (0, false);
+        for value in self.users.iter().values() {
+            let bytes = value?;
+            let census: Census = serde_json::from_slice(&bytes)
+                .map_err(|e| self.damaged(format!("a user record is unreadable: {e}")))?;
+            count += 1;
+            master |= census.role == Role::Master;
+        }
+        Ok((count, master))
+    }
+
+    /// Calls `each` with every user, oldest first as [`Store::users`] orders them, one at a
+    /// time: only their ids and creation times are held at once (the whole roster of 10000
+    /// users is read every 2 s at most). A user deleted meanwhile is left out. Returns how many
+    /// users `each` saw.
+    pub fn each_user(&self, mut each: impl FnMut(&User)) -> Result<usize, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: String,
+            created_at: jiff::Timestamp,
+        }
+        let mut order = Vec::new();
+        for value in self.users.iter().values() {
+            let bytes = value?;
+            let created: Created = serde_json::from_slice(&bytes)
+                .map_err(|e| self.damaged(format!("a user record is unreadable: {e}")))?;
+            order.push((created.created_at, created.id));
+        }
+        order.sort_unstable();
+        let mut seen = 0;
+        for (_, id) in order {
+            if let Some(user) = self.user(&id)? {
+                each(&user);
+                seen += 1;
+            }
+        }
+        Ok(seen)
     }
 
     /// Every user, oldest first.
@@ -1211,5 +1279,89 @@ mod tests {
             store.applied("old-00005").unwrap().is_none(),
             "the oldest went"
         );
+    }
+
+    #[test]
+    fn a_user_is_found_by_name_whatever_its_case_and_a_name_is_taken_but_by_the_one_excepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let now: jiff::Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let change = Change {
+            put_users: vec![
+                User::new("u_00000a".into(), "Alice".into(), Role::Master, now),
+                User::new("u_00000b".into(), "Émile".into(), Role::User, now),
+            ],
+            ..Change::default()
+        };
+        store.commit(change).unwrap();
+        assert_eq!(
+            store.named("émile", None).unwrap().as_deref(),
+            Some("u_00000b")
+        );
+        assert_eq!(store.named("ÉMILE", Some("u_00000b")).unwrap(), None);
+        assert_eq!(store.named("Bob", None).unwrap(), None);
+        assert_eq!(store.find_user(" alice ").unwrap().unwrap().id, "u_00000a");
+        assert_eq!(store.find_user("u_00000b").unwrap().unwrap().name, "Émile");
+        assert!(store.find_user("bob").unwrap().is_none());
+    }
+
+    #[test]
+    fn each_user_comes_one_at_a_time_in_the_order_of_the_users_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let at = |t: &str| -> jiff::Timestamp { t.parse().unwrap() };
+        let change = Change {
+            put_users: vec![
+                User::new(
+                    "u_00000c".into(),
+                    "Carol".into(),
+                    Role::User,
+                    at("2026-12-01T10:00:00Z"),
+                ),
+                User::new(
+                    "u_00000a".into(),
+                    "Alice".into(),
+                    Role::Master,
+                    at("2026-12-01T11:00:00Z"),
+                ),
+                User::new(
+                    "u_00000b".into(),
+                    "Bob".into(),
+                    Role::User,
+                    at("2026-12-01T10:00:00Z"),
+                ),
+            ],
+            ..Change::default()
+        };
+        store.commit(change).unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(store.each_user(|u| seen.push(u.clone())).unwrap(), 3);
+        assert_eq!(seen, store.users().unwrap());
+        let names: Vec<_> = seen.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["Bob", "Carol", "Alice"]);
+    }
+
+    #[test]
+    fn the_census_counts_the_users_and_sees_the_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.census().unwrap(), (0, false));
+        let now: jiff::Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let bob = User::new("u_00000b".into(), "Bob".into(), Role::User, now);
+        store
+            .commit(Change {
+                put_users: vec![bob],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(store.census().unwrap(), (1, false));
+        let alice = User::new("u_00000a".into(), "Alice".into(), Role::Master, now);
+        store
+            .commit(Change {
+                put_users: vec![alice],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(store.census().unwrap(), (2, true));
     }
 }

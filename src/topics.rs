@@ -14,6 +14,7 @@ pub struct Topics {
     pub event: String,
     pub config_set: String,
     pub config_result: String,
+    /// The whole roster; each person's entry is on [`Topics::config_user`] (DESIGN 10e).
     pub config_users: String,
     /// Home Assistant's birth/last-will topic.
     pub ha_status: String,
@@ -43,6 +44,12 @@ impl Topics {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// One person's roster entry, `B/config/users/<id>` (DESIGN 10e). User ids are `u_` and
+    /// hex digits: never a `/`, `+` or `#`.
+    pub fn config_user(&self, id: &str) -> String {
+        format!("{}/{id}", self.config_users)
     }
 
     /// Replies to a `json` or `plain` keypad.

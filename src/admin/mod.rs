@@ -631,6 +631,13 @@ pub trait Users {
     fn find_user(&self, id_or_name: &str) -> Result<Option<User>, StoreError>;
     /// Every user, oldest first.
     fn users(&self) -> Result<Vec<User>, StoreError>;
+    /// Whether a user other than `except` (an id) has this name (case-insensitive).
+    fn name_taken(&self, name: &str, except: Option<&str>) -> Result<bool, StoreError> {
+        Ok(self
+            .users()?
+            .iter()
+            .any(|u| names_equal(&u.name, name) && Some(u.id.as_str()) != except))
+    }
     /// Who holds a lookup key, and as which secret.
     fn credential_by_key(&self, key: &LookupKey) -> Result<Option<(User, Credential)>, StoreError>;
     /// An id no user has.
@@ -655,6 +662,10 @@ impl Users for Store {
 
     fn users(&self) -> Result<Vec<User>, StoreError> {
         Store::users(self)
+    }
+
+    fn name_taken(&self, name: &str, except: Option<&str>) -> Result<bool, StoreError> {
+        Ok(Store::named(self, name, except)?.is_some())
     }
 
     fn credential_by_key(&self, key: &LookupKey) -> Result<Option<(User, Credential)>, StoreError> {
@@ -1279,11 +1290,7 @@ fn check_name_free(
     name: &str,
     except: Option<&str>,
 ) -> Result<(), CommandError> {
-    let taken = users
-        .users()?
-        .into_iter()
-        .any(|u| names_equal(&u.name, name) && Some(u.id.as_str()) != except);
-    if taken {
+    if users.name_taken(name, except)? {
         return Err(CommandError::DuplicateName(
             "another user already has that name (names are compared without case)".into(),
         ));
