@@ -172,6 +172,12 @@ pub enum KeypadProtocol {
 
 impl Config {
     /// The zone that schedules are read in.
+    /// Each keypad by its topic.
+    pub fn keypads_by_topic(&self) -> std::collections::HashMap<String, KeypadConfig> {
+        let keypads = self.keypads.iter();
+        keypads.map(|k| (k.topic.clone(), k.clone())).collect()
+    }
+
     pub fn time_zone(&self) -> Result<jiff::tz::TimeZone, String> {
         match &self.timezone {
             None => Ok(jiff::tz::TimeZone::system()),

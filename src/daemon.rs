@@ -4,7 +4,7 @@
 //!
 //! Inputs arrive from the MQTT connection task ([`crate::mqtt`]) and from the alarm's own
 //! deadline (timers are data: the loop sleeps until [`Panel::next_deadline`], or until the
-//! whole roster's coalesced publish, [`roster::Coalescer`]). Time is the
+//! whole roster's coalesced publish, [`Roster::wait`]). Time is the
 //! daemon's [`Clock`]: monotonic, never behind the store's last write, checked against the
 //! system clock on each input and every few seconds (a step moves the panel's deadlines with
 //! it, [`Panel::shift`]). Durable before
@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,7 +28,7 @@ use crate::events::Source;
 use crate::homeassistant;
 use crate::mqtt::{self, MqttEvent, Publisher};
 use crate::panel::{self, Decision, Panel, Publish, Saved, Step, ALARM_STATE};
-use crate::roster;
+use crate::roster::{self, Roster};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::systemd::Systemd;
 use crate::topics::Topics;
@@ -80,26 +78,9 @@ pub async fn run_with_clock(
     systemd.status(crate::systemd::waiting_line(&config));
     let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, lanes)?;
     let (users, has_master) = store.census()?;
-    let users = Arc::new(AtomicUsize::new(users));
-    let (roster_jobs, jobs) = tokio::sync::mpsc::unbounded_channel();
-    let mut roster_task = {
-        let (store, publisher, topics, users) = (
-            store.clone(),
-            publisher.clone(),
-            topics.clone(),
-            users.clone(),
-        );
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            publish_roster(jobs, store, publisher, topics, users, runtime)
-        })
-    };
+    let roster = Roster::start(&store, &publisher, &topics, users);
     let mut daemon = Daemon {
-        keypads: config
-            .keypads
-            .iter()
-            .map(|k| (k.topic.clone(), k.clone()))
-            .collect(),
+        keypads: config.keypads_by_topic(),
         has_master,
         keyer: store.keyer().clone(),
         config,
@@ -113,20 +94,14 @@ pub async fn run_with_clock(
         queued_before_commit: 0,
         quiet: panel::Quiet::default(),
         systemd,
-        users,
-        roster: roster::Coalescer::default(),
-        roster_jobs,
+        roster,
         last_discovery: None,
         clock,
         system: Box::new(system),
     };
     tracing::info!(state = daemon.panel.state().as_str(), "starting");
     if !daemon.has_master {
-        tracing::warn!(
-            "no master yet: create the main code with `keypad-bridge init`; until then, anyone \
-             who can publish on {} can create the master",
-            daemon.topics.config_set
-        );
+        flow::warn_no_master(&daemon.topics);
     }
     // A learning survives nothing: one that a stop cut short has ended.
     if let Some(change) = panel::learning_cut_short(daemon.store.meta(panel::TAG_LEARNING)?, now) {
@@ -153,10 +128,7 @@ pub async fn run_with_clock(
             .panel
             .next_deadline()
             .map(|at| daemon.clock.until(at, Instant::now()));
-        let roster_wait = daemon
-            .roster
-            .next_deadline()
-            .map(|at| at.saturating_duration_since(Instant::now()));
+        let roster_wait = daemon.roster.wait(Instant::now());
         let wait = wait.into_iter().chain(roster_wait).min();
         let sleep = async move {
             match wait {
@@ -181,7 +153,7 @@ pub async fn run_with_clock(
                 daemon.check_clock().await;
                 let now = daemon.now();
                 daemon.tick(now).await;
-                daemon.roster_due(Instant::now());
+                daemon.roster.due(Instant::now());
                 daemon.flush().await;
             }
             _ = clock_check.tick() => {
@@ -193,20 +165,7 @@ pub async fn run_with_clock(
 
     tracing::info!("shutting down");
     daemon.systemd.stopping();
-    // A whole roster still waiting for its turn goes out, then the roster's last publishes,
-    // before `offline` and DISCONNECT.
-    if daemon.roster.next_deadline().is_some() {
-        daemon.roster_job(RosterJob::Whole);
-    }
-    drop(daemon.roster_jobs);
-    if publisher.is_connected()
-        && tokio::time::timeout(Duration::from_secs(5), &mut roster_task)
-            .await
-            .is_err()
-    {
-        tracing::warn!("the roster's last publishes did not go out within 5 s");
-    }
-    roster_task.abort();
+    daemon.roster.finish(publisher.is_connected()).await;
     mqtt::close(&publisher, inbox, task, &daemon.topics.status).await;
     daemon.store.make_durable()?;
     Ok(())
@@ -232,13 +191,8 @@ struct Daemon {
     /// Whether the store has a master (the bootstrap rule), kept current after each command.
     has_master: bool,
     systemd: Systemd,
-    /// How many users the store has, for the status line: counted at start, then by each
-    /// read of the whole roster.
-    users: Arc<AtomicUsize>,
-    /// When the whole roster is due (DESIGN 10e).
-    roster: roster::Coalescer,
-    /// The roster's publishes, carried out in order by [`publish_roster`].
-    roster_jobs: tokio::sync::mpsc::UnboundedSender<RosterJob>,
+    /// The roster's publishes (DESIGN 10e), and the number of users for the status line.
+    roster: Roster,
     /// Log lines about input anyone may send, at most one a kind every 10 s.
     quiet: panel::Quiet,
     /// When discovery was last re-sent on a status message: a flood of `online` must not
@@ -315,7 +269,7 @@ impl Daemon {
             }
         }
         // At once after a change, and on time even if messages keep the loop from sleeping.
-        self.roster_due(Instant::now());
+        self.roster.due(Instant::now());
         self.flush().await;
     }
 
@@ -338,14 +292,13 @@ impl Daemon {
         // `online` and the state are queued: systemd hears READY=1 once they are out.
         self.flush().await;
         // Then the whole roster and every person's entry, for a broker that lost them.
-        self.roster_job(RosterJob::Everyone);
-        self.roster.sent(Instant::now());
+        self.roster.connected(Instant::now());
         let line = self.status_line();
         self.systemd.ready(line);
     }
 
     fn status_line(&self) -> String {
-        crate::systemd::online_line(self.panel.state(), self.users.load(Ordering::Relaxed))
+        crate::systemd::online_line(self.panel.state(), self.roster.users())
     }
 
     async fn flush(&mut self) {
@@ -464,11 +417,7 @@ impl Daemon {
     /// in the activity log, and the error is returned.
     async fn commit(&mut self, change: Change) -> Result<(), StoreError> {
         self.queued_before_commit = self.outbox.len();
-        if change.events.is_empty()
-            && change.put_users.is_empty()
-            && change.delete_users.is_empty()
-            && change.meta.is_empty()
-        {
+        if change.is_empty() {
             return Ok(());
         }
         let users_changed = roster::changed_users(&self.topics, &change);
@@ -486,8 +435,7 @@ impl Daemon {
             self.push(&self.topics.event.clone(), event.to_json(), false);
         }
         if result.is_ok() && !users_changed.is_empty() {
-            self.roster_job(RosterJob::Users(users_changed));
-            self.roster.changed(Instant::now());
+            self.roster.changed(users_changed, Instant::now());
         }
         result.map(|_| ())
     }
@@ -511,18 +459,6 @@ impl Daemon {
         for d in homeassistant::discovery(&self.config, &self.topics) {
             self.push(&d.topic, d.payload, true);
         }
-    }
-
-    /// The whole roster, if its coalesced publish is due at `now`.
-    fn roster_due(&mut self, now: Instant) {
-        if self.roster.take_due(now) {
-            self.roster_job(RosterJob::Whole);
-        }
-    }
-
-    fn roster_job(&self, job: RosterJob) {
-        // The task ends only when this sender is dropped, at shutdown.
-        let _ = self.roster_jobs.send(job);
     }
 
     async fn on_config_set(&mut self, payload: &[u8]) {
@@ -605,110 +541,6 @@ impl flow::Desk for Daemon {
 
     fn fingerprint(&self, request: &admin::Request) -> String {
         self.keyer.digest(&request.fingerprint_input()).to_hex()
-    }
-}
-
-/// What the roster task publishes, in the order asked.
-enum RosterJob {
-    /// The entries of the users a change wrote or deleted.
-    Users(Vec<Publish>),
-    /// The whole roster, read from the store.
-    Whole,
-    /// Every user's entry, then the whole roster (a new connection).
-    Everyone,
-}
-
-/// Carries out the roster's publishes in order, on a thread of its own: at 10000 users the
-/// whole roster is 3 MB, read and serialised in some 30 ms, and every entry is 10000 publishes,
-/// which would hold keypad entries up while they wait for room in the MQTT client's queue. One
-/// thread keeps each topic's retained message the newest (an entry published after a change
-/// is never overtaken by an older copy), and keeps the memory of reading the roster in one
-/// allocator arena instead of one per thread of the blocking pool. Nothing is published while
-/// disconnected: a new connection publishes everything again. Ends when the daemon drops its
-/// sender.
-fn publish_roster(
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<RosterJob>,
-    store: Store,
-    publisher: Publisher,
-    topics: Topics,
-    count: Arc<AtomicUsize>,
-    runtime: tokio::runtime::Handle,
-) {
-    let publish = |topic: &str, payload: Vec<u8>| {
-        runtime.block_on(publisher.publish(topic, payload, true));
-    };
-    let mut too_large = roster::TooLarge::default();
-    // Whether the broker's retained whole roster was cleared since the last one that fitted.
-    let mut cleared = false;
-    let mut told_size = false;
-    while let Some(job) = jobs.blocking_recv() {
-        if !publisher.is_connected() {
-            continue;
-        }
-        let everyone = match job {
-            RosterJob::Users(entries) => {
-                for p in entries {
-                    publish(&p.topic, p.payload);
-                }
-                continue;
-            }
-            RosterJob::Whole => false,
-            RosterJob::Everyone => true,
-        };
-        // Each person's entry goes out as it is read, on a new connection; the whole roster
-        // once all are read.
-        let mut whole = roster::Whole::new(count.load(Ordering::Relaxed));
-        let read = store.each_user(|user| {
-            let p = roster::entry(&topics, user);
-            whole.push(&p.payload);
-            if everyone && publisher.is_connected() {
-                publish(&p.topic, p.payload);
-            }
-        });
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the users for the roster");
-                continue;
-            }
-        };
-        count.store(n, Ordering::Relaxed);
-        let whole = whole.finish();
-        let topic = &topics.config_users;
-        let size = mqtt::packet_size(topic, whole.len());
-        match publisher.packet_limit() {
-            Some(max) if size > max as usize => {
-                if let Some(held_back) = too_large.held_back(Instant::now()) {
-                    tracing::warn!(
-                        held_back,
-                        "the whole roster ({n} users, {size} bytes) is larger than the {max} \
-                         bytes the broker takes in one packet: it is not published on {topic} \
-                         (each person's entry on {topic}/<id> still is); raise the broker's \
-                         maximum packet size (mosquitto: max_packet_size) to at least {size}, \
-                         or remove it; at most one such warning every {} minutes",
-                        roster::TooLarge::EVERY.as_secs() / 60
-                    );
-                }
-                // A retained roster known to be out of date is worse than none.
-                if !cleared {
-                    publish(topic, Vec::new());
-                    cleared = true;
-                }
-            }
-            _ => {
-                if size > 1024 * 1024 && !told_size {
-                    told_size = true;
-                    tracing::info!(
-                        "the whole roster on {topic} is {size} bytes ({n} users): a broker \
-                         that limits messages below that drops it without a word (mosquitto: \
-                         message_size_limit); each person's entry on {topic}/<id> is small"
-                    );
-                }
-                runtime.block_on(publisher.publish_without_ack(topic, whole, true));
-                tracing::debug!("published the whole roster ({n} users, {size} bytes)");
-                cleared = false;
-            }
-        }
     }
 }
 

@@ -150,6 +150,17 @@ pub struct Change {
 }
 
 impl Change {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.put_users.is_empty()
+            && self.delete_users.is_empty()
+            && self.put_codes.is_empty()
+            && self.delete_codes.is_empty()
+            && self.events.is_empty()
+            && self.applied.is_none()
+            && self.meta.is_empty()
+    }
+
     /// Gives `user` a new code (replacing any old one): the change to commit, without events.
     /// A new code starts a new count of uses (a re-issued one-time code works once more).
     pub fn recode(user: &mut User, key: LookupKey, now: jiff::Timestamp) -> Change {

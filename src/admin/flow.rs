@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::events::{Event, Source};
 use crate::panel::{self, Found, Invalid, Learning, Panel, Quiet, Refused};
 use crate::store::{Change, StoreError};
+use crate::topics::Topics;
 use crate::users::Credential;
 
 /// What the command flow needs from the world.
@@ -44,6 +45,15 @@ pub(crate) trait Desk {
     async fn commit(&mut self, change: Change) -> Result<(), StoreError>;
     /// The keyed digest that identifies a command for idempotency.
     fn fingerprint(&self, request: &Request) -> String;
+}
+
+/// At start without a master: the bootstrap rule is open.
+pub fn warn_no_master(topics: &Topics) {
+    tracing::warn!(
+        "no master yet: create the main code with `keypad-bridge init`; until then, anyone who \
+         can publish on {} can create the master",
+        topics.config_set
+    );
 }
 
 /// What to publish for one command.

@@ -9,11 +9,14 @@
 //! after every change made managing n users O(n²) and slowed every right code at a keypad (its
 //! use count changes).
 //!
-//! The daemon does the I/O: it reads the users one at a time and writes the roster with
+//! [`Roster`] does the I/O: it reads the users one at a time and writes the roster with
 //! [`Whole`] on a thread of its own, which keeps the roster's publishes in order, and skips a
 //! whole roster the broker said it would not take ([`TooLarge`]).
 
 use std::time::{Duration, Instant};
+
+mod publisher;
+pub use publisher::Roster;
 
 use crate::panel::Publish;
 use crate::store::Change;
