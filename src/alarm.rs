@@ -414,7 +414,13 @@ impl Alarm {
 
     /// Whatever the state; while already triggered the siren time starts again. `mode` already
     /// holds where to return: none when disarmed, the mode being armed while arming.
+    /// At once, from any state but `triggered`: a panic while the siren sounds changes
+    /// nothing (it needs no code, so a flood of them must not each restart the siren, write
+    /// the store and push the activity log out).
     fn panic(&mut self, now: Timestamp, t: &Timings) -> Outcome {
+        if self.state == AlarmState::Triggered {
+            return Outcome::Unchanged;
+        }
         let siren_end = after(now, t.trigger_time_s);
         Outcome::Changed(vec![self.go(
             AlarmState::Triggered,
@@ -977,7 +983,6 @@ mod tests {
             (AlarmState::ArmedNight, Some(ArmMode::ArmedNight)),
             (AlarmState::ArmedVacation, Some(ArmMode::ArmedVacation)),
             (AlarmState::Pending, Some(ArmMode::ArmedAway)),
-            (AlarmState::Triggered, Some(ArmMode::ArmedAway)),
         ];
         for (state, return_to) in cases {
             let mut alarm = alarm_in(state);
@@ -989,6 +994,17 @@ mod tests {
             assert_eq!(alarm.mode, return_to, "from {state}");
             assert_eq!(alarm.next_deadline(), Some(at(620)), "from {state}");
         }
+    }
+
+    #[test]
+    fn a_panic_while_the_siren_sounds_changes_nothing() {
+        let mut alarm = alarm_in(AlarmState::Triggered);
+        let deadline = alarm.next_deadline();
+        assert_eq!(
+            alarm.handle(Command::Panic, at(20), &timings()),
+            Outcome::Unchanged
+        );
+        assert_eq!(alarm.next_deadline(), deadline);
     }
 
     #[test]

@@ -262,7 +262,8 @@ impl Daemon {
                 let source = source.or_else(|| self.topics.source_of(&topic));
                 let span = tracing::debug_span!("message", topic, source = source.as_deref());
                 let _enter = span.enter();
-                tracing::debug!(bytes = payload.len(), retain, "message");
+                // No byte count: on a plain keypad it is the length of the code.
+                tracing::debug!(retain, "message");
                 self.on_message(&topic, &payload, retain, at).await;
                 // The payload may hold a code: overwritten before its memory is released.
                 zeroize::Zeroize::zeroize(&mut payload);

@@ -77,10 +77,11 @@ const MAX_INCOMING_PACKET: u32 = 1024 * 1024;
 /// How many messages may wait for the daemon in each lane, and how many bytes of each are
 /// kept. Beyond that (a flood, or a slow Raspberry Pi hashing codes) messages are dropped with
 /// a warning rather than blocking the connection task, which must keep polling so that the
-/// daemon's own publishes go out. A burst of 1000 keypad entries fits; what a flood can make
-/// the lanes hold stays near 9 MiB (1024 × 4 KiB, 64 × 64 KiB, and the small ones).
+/// daemon's own publishes go out. Each keypad has a lane of its own: a burst of 256 entries
+/// on one keypad fits; what a flood can make the lanes hold is 1 MiB a keypad (256 × 4 KiB),
+/// 4 MiB for `B/config/set` (64 × 64 KiB), and 1 MiB for the alarm commands.
 const ALARM_LANE: (usize, usize) = (256, 4 * 1024);
-const KEYPAD_LANE: (usize, usize) = (1024, 4 * 1024);
+const KEYPAD_LANE: (usize, usize) = (256, 4 * 1024);
 const STATUS_LANE: (usize, usize) = (64, 4 * 1024);
 const ADMIN_LANE: (usize, usize) = (64, KEPT_PAYLOAD);
 
@@ -253,12 +254,12 @@ pub struct Inbox {
     pub control: mpsc::UnboundedReceiver<MqttEvent>,
     /// `B/alarm/set`: Home Assistant's panel and its automations' TRIGGER.
     pub alarm: mpsc::Receiver<MqttEvent>,
-    /// Keypad topics (and anything else not sorted into another lane).
-    pub keypads: mpsc::Receiver<MqttEvent>,
-    /// Home Assistant's and Zigbee2MQTT's status: a flood of them delays no keypad.
-    pub status: mpsc::Receiver<MqttEvent>,
-    /// `B/config/set`.
-    pub admin: mpsc::Receiver<MqttEvent>,
+    /// One lane per keypad, then the status lane (Home Assistant's and Zigbee2MQTT's, and
+    /// any other topic), then `B/config/set`: taken in turn, so that a flood on one of them
+    /// (a keypad's topic, say) delays the others by one message at a time, never silences them.
+    pub others: Vec<mpsc::Receiver<MqttEvent>>,
+    /// Which of `others` has the next turn.
+    turn: usize,
 }
 
 impl Inbox {
@@ -269,19 +270,40 @@ impl Inbox {
             biased;
             event = self.control.recv() => event,
             event = self.alarm.recv() => event,
-            event = self.keypads.recv() => event,
-            event = self.status.recv() => event,
-            event = self.admin.recv() => event,
+            event = in_turn(&mut self.others, &mut self.turn) => event,
         }
     }
 }
 
-/// Which topics go to which lane of the [`Inbox`]; any other topic goes to `keypads`.
+/// The next message of the first lane with one, starting at `turn`; the turn then passes to
+/// the lane after it.
+async fn in_turn(lanes: &mut [mpsc::Receiver<MqttEvent>], turn: &mut usize) -> Option<MqttEvent> {
+    std::future::poll_fn(|cx| {
+        let n = lanes.len();
+        for i in 0..n {
+            let lane = (*turn + i) % n;
+            match lanes[lane].poll_recv(cx) {
+                std::task::Poll::Ready(Some(event)) => {
+                    *turn = (lane + 1) % n;
+                    return std::task::Poll::Ready(Some(event));
+                }
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => {}
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Which topics go to which lane of the [`Inbox`]; any other topic goes to the status lane.
 #[derive(Clone, Debug)]
 pub struct Lanes {
     pub alarm: String,
     pub config: String,
     pub status: Vec<String>,
+    /// Each keypad's topic, each with a lane of its own.
+    pub keypads: Vec<String>,
 }
 
 impl Lanes {
@@ -294,6 +316,7 @@ impl Lanes {
             status: std::iter::once(topics.ha_status.clone())
                 .chain(Topics::zigbee2mqtt_bridges(&config.keypads))
                 .collect(),
+            keypads: config.keypads.iter().map(|k| k.topic.clone()).collect(),
         }
     }
 }
@@ -352,9 +375,17 @@ pub fn connect(
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (control_tx, control) = mpsc::unbounded_channel();
     let (alarm_tx, alarm) = mpsc::channel(ALARM_LANE.0);
-    let (keypads_tx, keypads) = mpsc::channel(KEYPAD_LANE.0);
+    let mut others = Vec::new();
+    let mut keypads = Vec::new();
+    for topic in &lanes.keypads {
+        let (tx, rx) = mpsc::channel(KEYPAD_LANE.0);
+        let what = format!("the entries of the keypad on {topic}");
+        keypads.push((topic.clone(), tx, Drops::new(what, KEYPAD_LANE)));
+        others.push(rx);
+    }
     let (status_tx, status) = mpsc::channel(STATUS_LANE.0);
     let (admin_tx, admin) = mpsc::channel(ADMIN_LANE.0);
+    others.extend([status, admin]);
     let closing = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicBool::new(false));
     let max_packet = Arc::new(AtomicU32::new(0));
@@ -364,7 +395,7 @@ pub fn connect(
             alarm_tx,
             Drops::new("Home Assistant's alarm commands", ALARM_LANE),
         ),
-        keypads: (keypads_tx, Drops::new("keypad entries", KEYPAD_LANE)),
+        keypads,
         status: (
             status_tx,
             Drops::new("Home Assistant's and Zigbee2MQTT's status", STATUS_LANE),
@@ -390,9 +421,8 @@ pub fn connect(
         Inbox {
             control,
             alarm,
-            keypads,
-            status,
-            admin,
+            others,
+            turn: 0,
         },
         task,
     ))
@@ -415,21 +445,23 @@ impl std::fmt::Display for Broker {
 struct Queues {
     lanes: Lanes,
     alarm: (mpsc::Sender<MqttEvent>, Drops),
-    keypads: (mpsc::Sender<MqttEvent>, Drops),
+    /// Each keypad's topic and lane.
+    keypads: Vec<(String, mpsc::Sender<MqttEvent>, Drops)>,
     status: (mpsc::Sender<MqttEvent>, Drops),
     admin: (mpsc::Sender<MqttEvent>, Drops),
 }
 
 impl Queues {
     fn push(&mut self, topic: String, payload: &[u8], retain: bool) {
+        let keypad = self.keypads.iter_mut().find(|(t, _, _)| *t == topic);
         let (queue, drops) = if topic == self.lanes.config {
-            &mut self.admin
+            (&mut self.admin.0, &mut self.admin.1)
         } else if topic == self.lanes.alarm {
-            &mut self.alarm
-        } else if self.lanes.status.contains(&topic) {
-            &mut self.status
+            (&mut self.alarm.0, &mut self.alarm.1)
+        } else if let Some((_, queue, drops)) = keypad {
+            (queue, drops)
         } else {
-            &mut self.keypads
+            (&mut self.status.0, &mut self.status.1)
         };
         let kept = payload.len().min(drops.kept);
         let event = MqttEvent::Message {
@@ -466,7 +498,7 @@ impl Queues {
 /// [`DROP_WARNING_EVERY`]. Pure: time is passed in.
 #[derive(Debug)]
 struct Drops {
-    queue: &'static str,
+    queue: String,
     capacity: usize,
     /// Bytes kept of each message in this lane.
     kept: usize,
@@ -475,9 +507,9 @@ struct Drops {
 }
 
 impl Drops {
-    fn new(queue: &'static str, (capacity, kept): (usize, usize)) -> Drops {
+    fn new(queue: impl Into<String>, (capacity, kept): (usize, usize)) -> Drops {
         Drops {
-            queue,
+            queue: queue.into(),
             capacity,
             kept,
             unreported: 0,

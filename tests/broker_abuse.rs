@@ -92,6 +92,20 @@ fn flood(
     stop: Arc<AtomicBool>,
     limit: usize,
 ) -> std::thread::JoinHandle<usize> {
+    flood_with(port, topic, stop, limit, |sent| {
+        json!({"id": format!("junk-{sent}"), "command": "add_user",
+               "name": format!("x{sent}"), "role": "user"})
+    })
+}
+
+/// [`flood`] with the messages `make` gives.
+fn flood_with(
+    port: u16,
+    topic: String,
+    stop: Arc<AtomicBool>,
+    limit: usize,
+    make: impl Fn(usize) -> serde_json::Value + Send + 'static,
+) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let mut options =
             rumqttc::MqttOptions::new(format!("flood-{}", rand_suffix()), "127.0.0.1", port);
@@ -111,8 +125,7 @@ fn flood(
             && !stop.load(Ordering::Relaxed)
             && start.elapsed() < Duration::from_secs(10)
         {
-            let junk = json!({"id": format!("junk-{sent}"), "command": "add_user",
-                              "name": format!("x{sent}"), "role": "user"});
+            let junk = make(sent);
             if client
                 .publish(&topic, rumqttc::QoS::AtMostOnce, false, junk.to_string())
                 .is_err()
@@ -177,6 +190,57 @@ fn a_flood_on_the_config_topic_does_not_silence_triggers_or_keypad_entries() {
             .take(10)
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// A panic needs no code, so anyone who may publish on one keypad's topic can send floods of
+/// them: the other keypads and the owner's commands are still answered (each keypad has a
+/// queue of its own, and the queues take turns), and a panic while the siren sounds is no
+/// new change (no store write, no activity entry, no panel status to every keypad).
+#[test]
+fn a_panic_flood_on_one_keypad_silences_no_other_keypad_nor_the_owners_commands() {
+    let w = World::start(|_| {});
+    w.wait_state("disarmed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = flood_with(
+        w.broker.port,
+        w.site.z2m_topic(),
+        stop.clone(),
+        2_000_000,
+        |_| json!({"action": "panic"}),
+    );
+    w.wait_state("triggered");
+    let start = Instant::now();
+    let event_topic = w.topic("event");
+    let events_seen = || {
+        w.probe
+            .all()
+            .iter()
+            .filter(|m| m.topic == event_topic)
+            .count()
+    };
+    let events_before = events_seen();
+    for round in 0..3 {
+        let reply = w.json_keypad(json!({"code": "1234", "action": "disarm"}));
+        assert_eq!(reply["result"], "accepted", "round {round}: {reply}");
+        let listed = w.command(json!({"id": format!("l{round}"), "auth": "1234",
+                                      "command": "list_users"}));
+        assert_eq!(listed["ok"], true, "round {round}: {listed}");
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    assert!(sent > 1000, "the flood was only {sent} messages");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "three disarms and three commands took {elapsed:?} during the flood"
+    );
+    // Each disarm lets one panic of the flood trigger again: a handful of events, not one
+    // (or two) for each of the flood's messages.
+    let events = events_seen() - events_before;
+    assert!(
+        events < 40,
+        "{events} events for {sent} panics and three disarms"
     );
 }
 
