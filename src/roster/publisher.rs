@@ -145,7 +145,20 @@ fn run(
         let everyone = match job {
             Job::Users(entries) => {
                 for p in entries {
-                    publish(&p.topic, p.payload);
+                    let size = mqtt::packet_size(&p.topic, p.payload.len());
+                    match publisher.packet_limit() {
+                        // An entry known to be out of date is worse than none.
+                        Some(max) if size > max as usize => {
+                            tracing::warn!(
+                                topic = p.topic,
+                                "a roster entry of {size} bytes is larger than the {max} bytes \
+                                 the broker takes in one packet: its topic is emptied instead \
+                                 (raise the broker's max_packet_size)"
+                            );
+                            publish(&p.topic, Vec::new());
+                        }
+                        _ => publish(&p.topic, p.payload),
+                    }
                 }
                 continue;
             }
