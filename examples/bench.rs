@@ -617,6 +617,7 @@ impl Site {
         let topics = keypad_bridge::topics::Topics::new(&keypad_bridge::config::load(
             &self.dir.join("config.yaml"),
         )?);
+        let size = store.census()?.0;
         let lockouts = vec![b'x'; 200];
         for _ in 0..n {
             wrong.push(time_us(|| {
@@ -648,8 +649,12 @@ impl Site {
                 std::hint::black_box(keypad_bridge::roster::changed_users(&topics, &change));
             }));
             whole.push(time_us(|| {
-                let users = store.users().expect("users");
-                whole_bytes = keypad_bridge::roster::whole(&users).len();
+                // As the daemon does it: one user at a time.
+                let mut roster = keypad_bridge::roster::Whole::new(size);
+                store
+                    .each_user(|u| roster.push(&keypad_bridge::roster::entry(&topics, u).payload))
+                    .expect("users");
+                whole_bytes = roster.finish().len();
             }));
         }
         let _ = std::fs::remove_file(scratch);
@@ -995,8 +1000,9 @@ fn burst(probe: &Probe, site: &Site, pid: u32, sampler: &Sampler) -> anyhow::Res
 
 /// A store of `size` users built over MQTT: the master offline (the first code is the seed),
 /// then `size - 1` `add_user` commands without codes (codes are rationed), with
-/// `admin.trust_broker` (no `auth` to hash) and up to 32 in flight (the daemon's queue for
-/// commands holds 64). Returns a line for the table and the daemon's peak RSS in KiB.
+/// `admin.trust_broker` (no `auth` to hash) and up to 16 in flight: the daemon's queue for
+/// `B/config/set` holds 64 messages, and it also receives there its own clearing of the topic
+/// after each command. Returns a line for the table and the daemon's peak RSS in KiB.
 fn build_over_mqtt(
     bin: &Path,
     probe: &Probe,
@@ -1016,21 +1022,25 @@ fn build_over_mqtt(
     let (mut sent, mut done) = (0, 0);
     let mut marks = vec![Duration::ZERO];
     while done < to_add {
-        while sent < to_add && sent - done < 32 {
+        while sent < to_add && sent - done < 16 {
             let command = json!({"id": format!("mqtt-{sent}"), "command": "add_user",
                                  "name": format!("member{sent:05}")});
             probe.publish(&site.topic("config/set"), command.to_string())?;
             sent += 1;
         }
-        let msg = probe
-            .wait(|m| m.topic == result, WAIT)
-            .context("no result for an add_user over MQTT")?;
+        let msg = probe.wait(|m| m.topic == result, WAIT).with_context(|| {
+            format!("no result for an add_user over MQTT ({done} of {to_add} answered)")
+        })?;
         if msg.json()["ok"] != true {
             bail!("add_user failed: {}", msg.json()["error"]);
         }
         done += 1;
         if done % chunk == 0 {
             marks.push(start.elapsed());
+            println!(
+                "  {done} of {to_add} added over MQTT after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
         }
     }
     let total = start.elapsed();
@@ -1041,7 +1051,7 @@ fn build_over_mqtt(
     let line = if marks.len() > 2 {
         format!(
             "built {size} users over MQTT in {:.1} s: {:.2} ms an add_user for the first {chunk}, \
-             {:.2} ms for the last {chunk} (no codes, trust_broker, 32 in flight); max RSS {max_rss} KiB",
+             {:.2} ms for the last {chunk} (no codes, trust_broker, 16 in flight); max RSS {max_rss} KiB",
             total.as_secs_f64(),
             per_add(1),
             per_add(marks.len() - 1),
