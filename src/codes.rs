@@ -233,37 +233,45 @@ impl LookupKeyer {
 
     /// One Argon2id computation. Blocking: tens of milliseconds, more on a Raspberry Pi.
     pub fn key(&self, code: &Code) -> LookupKey {
+        self.key_then(code, |key| key)
+    }
+
+    /// [`LookupKeyer::key`], with what depends on the key done before the working memory is
+    /// wiped: `then` (a lookup, handing the answer to the loop) runs first, and the wipe (about
+    /// a millisecond for 19 MiB) only after it, while the reply is on its way. The next
+    /// computation waits for the wipe.
+    pub fn key_then<R>(&self, code: &Code, then: impl FnOnce(LookupKey) -> R) -> R {
         self.computations.fetch_add(1, Ordering::Relaxed);
-        self.raw(code.as_bytes())
+        self.raw(code.as_bytes(), then)
     }
 
     /// Derives a fixed-purpose value from the secret (used to check that the secret file
     /// matches the store); not counted as a code check.
     pub fn derive(&self, purpose: &[u8]) -> LookupKey {
-        self.raw(purpose)
+        self.raw(purpose, |key| key)
     }
 
-    fn raw(&self, pwd: &[u8]) -> LookupKey {
+    fn raw<R>(&self, pwd: &[u8], then: impl FnOnce(LookupKey) -> R) -> R {
         let mut out = [0u8; LOOKUP_KEY_LEN];
-        // A panic while hashing leaves nothing half-done that matters: the memory is
-        // overwritten by the next computation and wiped after it.
-        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        // argon2's `zeroize` feature wipes only its own stack values, not caller memory; what is
+        // left in the blocks would let a memory dump test guesses more cheaply. The guard
+        // wipes them however this ends, a panic in `then` included, before the lock is
+        // released (a poisoned lock is taken over: the memory holds nothing to keep).
+        let mut memory = Wiped(self.memory.lock().unwrap_or_else(|e| e.into_inner()));
         // The parameters and secret were validated in `new`, the store checks the salt's
         // length when it opens, the memory has the parameters' block count, and a code is a
         // few bytes long: hashing cannot fail.
-        let hashed = Argon2::new_with_secret(
+        Argon2::new_with_secret(
             &self.secret,
             Algorithm::Argon2id,
             Version::V0x13,
             self.params.clone(),
         )
-        .and_then(|a| a.hash_password_into_with_memory(pwd, &self.salt, &mut out, &mut *memory));
-        // argon2's `zeroize` feature wipes only its own stack values, not caller memory; what is
-        // left in the blocks would let a memory dump test guesses more cheaply.
-        zeroize::Zeroize::zeroize(&mut memory.iter_mut());
+        .and_then(|a| a.hash_password_into_with_memory(pwd, &self.salt, &mut out, &mut *memory.0))
+        .expect("argon2 parameters were validated when the keyer was built");
+        let answer = then(LookupKey(out));
         drop(memory);
-        hashed.expect("argon2 parameters were validated when the keyer was built");
-        LookupKey(out)
+        answer
     }
 
     /// A cheap keyed digest (Argon2id with the site secret and salt at its smallest cost:
@@ -285,6 +293,15 @@ impl LookupKeyer {
     /// How many code lookup keys this keyer (and its clones) has computed.
     pub fn computations(&self) -> u64 {
         self.computations.load(Ordering::Relaxed)
+    }
+}
+
+/// The locked working memory, wiped when dropped (before the lock is released).
+struct Wiped<'a>(std::sync::MutexGuard<'a, Vec<Block>>);
+
+impl Drop for Wiped<'_> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0.iter_mut());
     }
 }
 
@@ -459,6 +476,34 @@ mod tests {
         assert!(memory.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
     }
 
+    #[test]
+    fn what_needs_the_key_runs_before_the_wipe_and_the_next_computation_waits_for_it() {
+        let k = keyer(b"secret-one-secret-one-secret-one");
+        let code = Code::parse("4711", 4, 6).unwrap();
+        let (key, held) = k.key_then(&code, |key| (key, k.memory.try_lock().is_err()));
+        assert_eq!(key, k.key(&code));
+        assert!(
+            held,
+            "the working memory must stay locked until it is wiped"
+        );
+        let memory = k.memory.lock().unwrap();
+        assert!(memory.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
+    }
+
+    #[test]
+    fn the_working_memory_is_wiped_when_what_needs_the_key_panics() {
+        let k = keyer(b"secret-one-secret-one-secret-one");
+        let code = Code::parse("4711", 4, 6).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            k.key_then(&code, |_| panic!("the lookup failed"))
+        }));
+        assert!(panicked.is_err());
+        let memory = k.memory.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(memory.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
+        drop(memory);
+        // A poisoned lock is taken over: the keyer still works.
+        assert_eq!(k.key(&code), k.key(&code));
+    }
     fn rss_kib() -> Option<u64> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
