@@ -98,6 +98,7 @@ pub async fn run_with_clock(
         last_discovery: None,
         clock,
         system: Box::new(system),
+        spent: None,
     };
     tracing::info!(state = daemon.panel.state().as_str(), "starting");
     if !daemon.has_master {
@@ -202,6 +203,44 @@ struct Daemon {
     clock: Clock,
     /// The system's wall clock, only ever compared with `clock` ([`Daemon::check_clock`]).
     system: Box<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Where the current keypad message's time goes, while it is handled.
+    spent: Option<Spent>,
+}
+
+/// Where one keypad entry's time went, logged at debug level on the target
+/// `keypad_bridge::timing` (the benchmark reads it): durations only, never a code, its
+/// length or whose it was.
+struct Spent {
+    /// When the MQTT task read the message.
+    received: Instant,
+    /// From `received` until the loop took the message up (the lanes' queues).
+    queued: Duration,
+    argon2: Duration,
+    /// The store lookup of the key.
+    lookup: Duration,
+    /// Store commits with their fsyncs.
+    commit: Duration,
+    /// The alarm-state file replaced.
+    state_file: Duration,
+}
+
+impl Spent {
+    fn log(&self) {
+        if self.argon2.is_zero() {
+            return; // nothing was checked: a refusal from memory or a junk message
+        }
+        let us = |d: Duration| d.as_micros() as u64;
+        tracing::debug!(
+            target: "keypad_bridge::timing",
+            queued_us = us(self.queued),
+            argon2_us = us(self.argon2),
+            lookup_us = us(self.lookup),
+            commit_us = us(self.commit),
+            state_file_us = us(self.state_file),
+            reply_us = us(self.received.elapsed()),
+            "keypad entry"
+        );
+    }
 }
 
 impl Daemon {
@@ -256,8 +295,20 @@ impl Daemon {
                 topic,
                 mut payload,
                 retain,
-                ..
+                received,
             } => {
+                if self.keypads.contains_key(&topic)
+                    && tracing::enabled!(target: "keypad_bridge::timing", tracing::Level::DEBUG)
+                {
+                    self.spent = Some(Spent {
+                        received,
+                        queued: received.elapsed(),
+                        argon2: Duration::ZERO,
+                        lookup: Duration::ZERO,
+                        commit: Duration::ZERO,
+                        state_file: Duration::ZERO,
+                    });
+                }
                 let source = self.keypads.get(&topic).map(|k| Source::keypad(&k.name));
                 let source = source.or_else(|| self.topics.source_of(&topic));
                 let span = tracing::debug_span!("message", topic, source = source.as_deref());
@@ -272,6 +323,9 @@ impl Daemon {
         // At once after a change, and on time even if messages keep the loop from sleeping.
         self.roster.due(Instant::now());
         self.flush().await;
+        if let Some(spent) = self.spent.take() {
+            spent.log();
+        }
     }
 
     async fn subscribe(&mut self) {
@@ -353,24 +407,39 @@ impl Daemon {
     }
 
     /// One Argon2id computation (off the runtime) and one lookup; for a code that is nobody's,
-    /// the user of a learning too.
-    async fn identify_code(&self, code: Code, learner: Option<String>) -> panel::Identified {
+    /// the user of a learning too. The answer comes back before the working memory is wiped.
+    async fn identify_code(&mut self, code: Code, learner: Option<String>) -> panel::Identified {
         let keyer = self.keyer.clone();
         let store = self.store.clone();
-        let result = blocking(move || {
-            let key = keyer.key(&code);
-            let found = store.credential_by_key(&key)?;
-            let learner = match (&found, learner) {
-                (None, Some(id)) => store.user(&id)?.map(|user| (user, key)),
-                _ => None,
-            };
-            Ok::<_, StoreError>(panel::Identified {
-                found: Ok(found),
-                learner,
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            keyer.key_then(&code, |key| {
+                let hashed = started.elapsed();
+                let identified = (|| {
+                    let found = store.credential_by_key(&key)?;
+                    let learner = match (&found, learner) {
+                        (None, Some(id)) => store.user(&id)?.map(|user| (user, key)),
+                        _ => None,
+                    };
+                    Ok::<_, StoreError>(panel::Identified {
+                        found: Ok(found),
+                        learner,
+                    })
+                })();
+                let _ = tx.send((identified, hashed, started.elapsed() - hashed));
             })
-        })
-        .await;
-        result.unwrap_or_else(|e| {
+        });
+        // A panic while hashing or reading drops the sender: an error like the store's.
+        let (identified, hashed, lookup) = rx.await.unwrap_or_else(|_| {
+            let panicked = StoreError::Task("the code lookup panicked".into());
+            (Err(panicked), Duration::ZERO, Duration::ZERO)
+        });
+        if let Some(spent) = &mut self.spent {
+            spent.argon2 += hashed;
+            spent.lookup += lookup;
+        }
+        identified.unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot look up a code");
             panel::Identified {
                 found: Err(()),
@@ -402,8 +471,12 @@ impl Daemon {
             }
             let saved = self.panel.saved();
             let store = self.store.clone();
+            let started = Instant::now();
             if let Err(e) = blocking(move || store.save_alarm(&saved)).await {
                 tracing::error!(error = %e, "cannot write the alarm-state file (the store keeps the state)");
+            }
+            if let Some(spent) = &mut self.spent {
+                spent.state_file += started.elapsed();
             }
         }
         // The reply before the events and states queued by the commit.
@@ -424,7 +497,11 @@ impl Daemon {
         let users_changed = roster::changed_users(&self.topics, &change);
         let unrecorded = change.events.clone();
         let store = self.store.clone();
+        let started = Instant::now();
         let result = blocking(move || store.commit(change)).await;
+        if let Some(spent) = &mut self.spent {
+            spent.commit += started.elapsed();
+        }
         let events = match &result {
             Ok(events) => events.clone(),
             Err(e) => {
