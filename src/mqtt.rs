@@ -189,10 +189,13 @@ impl Publisher {
 
     pub async fn subscribe(&self, topics: &[String]) {
         // Retain As Published stays off, so the retain flag tells a retained message sent on
-        // subscribing from a live one.
-        let filters = topics
-            .iter()
-            .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce));
+        // subscribing from a live one. No Local: the bridge's own publishes (clearing a
+        // retained command on `B/config/set` or `B/alarm/set`) do not come back to it, where
+        // they took places in the lanes meant for what others send.
+        let filters = topics.iter().map(|t| Filter {
+            nolocal: true,
+            ..Filter::new(t.clone(), QoS::AtLeastOnce)
+        });
         if let Err(e) = self.client.subscribe_many(filters).await {
             tracing::warn!("cannot queue the subscriptions: {e}");
         }

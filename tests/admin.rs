@@ -327,6 +327,34 @@ fn trust_broker_lifts_the_auth_requirement() {
 }
 
 #[test]
+fn forty_commands_kept_in_flight_are_all_answered() {
+    // The commands' lane holds 64. The bridge's own clearing of `config/set` after each
+    // command came back to it and queued behind the commands waiting there: a sender keeping
+    // more than about 32 in flight had commands dropped, unanswered.
+    let w = World::start(|s| {
+        s.set("admin.trust_broker", json!(true));
+    });
+    let (total, window) = (160, 40);
+    let send = |i: usize| {
+        let cmd =
+            json!({"id": format!("q{i}"), "command": "add_user", "name": format!("Member {i}")});
+        w.probe.publish_json(&w.topic("config/set"), &cmd);
+    };
+    (0..window).for_each(send);
+    for i in 0..total {
+        let id = format!("q{i}");
+        let r = w
+            .probe
+            .wait_for(&w.topic("config/result"), |m| m.json()["id"] == id.as_str())
+            .json();
+        ok(&r);
+        if i + window < total {
+            send(i + window);
+        }
+    }
+}
+
+#[test]
 fn a_retained_command_is_applied_once_across_restarts_and_cleared_from_the_broker() {
     let mut w = World::start(|_| {});
     let cmd =
