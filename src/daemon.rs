@@ -544,7 +544,13 @@ impl Daemon {
             return;
         }
         let outcome = flow::handle(self, payload, self.now(), Instant::now()).await;
-        let result = outcome.result.to_string();
+        let mut result = outcome.result.to_string();
+        if let Some(max) = self.publisher.packet_limit() {
+            let size = mqtt::packet_size(&self.topics.config_result, result.len());
+            if size > max as usize {
+                result = admin::fitted(&outcome.result, size, max).to_string();
+            }
+        }
         self.push(&self.topics.config_result.clone(), result, false);
         // No code may linger on the broker: clear the (possibly retained) command.
         self.push(&self.topics.config_set.clone(), Vec::new(), true);

@@ -277,3 +277,27 @@ fn a_roster_over_the_brokers_message_size_limit_does_not_cost_the_bridge_its_con
     let reply = w.json_keypad(json!({"code": "1234", "action": "arm_home"}));
     assert_eq!(reply["result"], "accepted");
 }
+
+#[test]
+fn a_list_of_users_larger_than_the_broker_takes_is_answered_with_an_error_that_says_where_to_look()
+{
+    // Dropped, it left the owner with no answer at all.
+    let w = world_with_broker_limit("max_packet_size 1000");
+    for name in ["Bob", "Carol", "Dave", "Erin", "Fay", "Gus", "Hal", "Ivy"] {
+        ok(w.command(json!({"id": name, "auth": "1234", "command": "add_user", "name": name})));
+    }
+    let r = w.command(json!({"id": "all", "auth": "1234", "command": "list_users"}));
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["command"], "list_users");
+    assert_eq!(r["error"]["kind"], "result_too_large", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("B/config/users/<id>"), "{message}");
+    assert!(message.contains("1000 bytes"), "{message}");
+    // What fits still goes out whole.
+    let r = w.command(json!({"id": "few", "auth": "1234", "command": "activity", "limit": 1}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["entries"].as_array().map(Vec::len), Some(1));
+    let r = w.command(json!({"id": "many", "auth": "1234", "command": "activity", "limit": 1000}));
+    assert_eq!(r["error"]["kind"], "result_too_large", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("`limit`"));
+}

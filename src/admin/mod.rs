@@ -758,6 +758,40 @@ pub fn failure(partial: &Partial, error: &CommandError) -> Value {
     })
 }
 
+/// A result of `size` bytes that the broker would not take (its Maximum Packet Size, `max`),
+/// made to fit. What only reads (`list_users`, `activity`) becomes a `result_too_large`
+/// failure that says where the same facts are; a change was applied, so its result stays a
+/// success, with a warning instead of the person's entry (which is on `B/config/users/<id>`).
+pub fn fitted(result: &Value, size: usize, max: u32) -> Value {
+    let command = result["command"].as_str().unwrap_or_default();
+    let said = format!(
+        "the result is {size} bytes, more than the MQTT broker takes in one message ({max} \
+         bytes, its maximum packet size)"
+    );
+    if matches!(command, "list_users" | "activity") {
+        let hint = match command {
+            "list_users" => "read each person's entry on B/config/users/<id> instead",
+            _ => "ask for fewer entries with `limit`",
+        };
+        return json!({
+            "id": result["id"],
+            "ok": false,
+            "command": command,
+            "error": {"kind": "result_too_large", "message": format!("{said}: {hint}")},
+        });
+    }
+    let mut fitted = json!({"id": result["id"], "ok": result["ok"], "command": command});
+    if result["ok"] == true {
+        let warning = format!("{said}: the person's entry is on B/config/users/<id>");
+        fitted["warnings"] = json!([warning]);
+    } else {
+        // A failure carries a short message of the bridge's own: only the kind is kept.
+        let kind = result["error"]["kind"].clone();
+        fitted["error"] = json!({"kind": kind, "message": said});
+    }
+    fitted
+}
+
 /// Decides `request` on `authority`'s behalf into its change and result. Blocking (reads the
 /// store, may hash a new code).
 pub fn apply(
@@ -1601,6 +1635,24 @@ mod tests {
 
     const MIN: usize = 4;
     const MAX: usize = 6;
+
+    #[test]
+    fn a_result_too_large_for_the_broker_stays_a_success_when_a_change_was_applied() {
+        let applied = json!({"id": "a1", "ok": true, "command": "update_user",
+                             "user": {"id": "u_1", "name": "Bob"}});
+        let fitted = fitted(&applied, 5000, 1000);
+        assert_eq!(fitted["ok"], true);
+        assert_eq!(fitted["id"], "a1");
+        assert_eq!(fitted["command"], "update_user");
+        assert!(fitted.get("user").is_none());
+        let warning = fitted["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("5000 bytes") && warning.contains("B/config/users/<id>"));
+        let refused = json!({"id": "a2", "ok": false, "command": "add_user",
+                             "error": {"kind": "duplicate_name", "message": "a long message"}});
+        let fitted = super::fitted(&refused, 5000, 1000);
+        assert_eq!(fitted["ok"], false);
+        assert_eq!(fitted["error"]["kind"], "duplicate_name");
+    }
 
     fn parsed(command: Value) -> Result<Request, CommandError> {
         let mut command = command;
