@@ -859,9 +859,13 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 /// binary), so span and field filters (`target[span]=debug`) are refused. sled's records stay at
 /// warnings or above whatever the text says, `sled::tree=trace` included: its debug and trace
 /// records print the store's keys and values (lookup keys of codes, user records, the salt).
+/// The log target of the daemon's per-entry timings (`daemon::Spent`), off unless named.
+pub const TIMING_TARGET: &str = "keypad_bridge::timing";
+
 pub fn log_filter(text: &str) -> Result<tracing_subscriber::filter::Targets, String> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     let mut filter = Targets::new();
+    let mut timing_named = false;
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         if directive.contains(['[', '{']) {
             return Err(format!(
@@ -882,8 +886,14 @@ pub fn log_filter(text: &str) -> Result<tracing_subscriber::filter::Targets, Str
                 true => level.min(LevelFilter::WARN),
                 false => level,
             };
+            timing_named |= target.starts_with(TIMING_TARGET);
             filter = filter.with_target(target, level);
         }
+    }
+    if !timing_named {
+        // Measurements, for the benchmark: only when asked for by name, not with every
+        // `debug` (their numbers are noise in a log read for other reasons).
+        filter = filter.with_target(TIMING_TARGET, LevelFilter::OFF);
     }
     Ok(filter.with_target("sled", LevelFilter::WARN))
 }
@@ -1429,6 +1439,19 @@ keypads:
         let on = |text: &str, target: &str, level: Level| {
             log_filter(text).unwrap().would_enable(target, &level)
         };
+        // The entry timings only when named.
+        assert!(!on("trace", TIMING_TARGET, Level::DEBUG));
+        assert!(!on("info,keypad_bridge=trace", TIMING_TARGET, Level::DEBUG));
+        assert!(on(
+            "info,keypad_bridge::timing=debug",
+            TIMING_TARGET,
+            Level::DEBUG
+        ));
+        assert!(on(
+            "info,keypad_bridge::timing=debug",
+            "keypad_bridge::daemon",
+            Level::INFO
+        ));
         assert!(on("info", "keypad_bridge::daemon", Level::INFO));
         assert!(!on("info", "keypad_bridge::daemon", Level::DEBUG));
         assert!(on("INFO", "rumqttc::state", Level::INFO));

@@ -220,7 +220,8 @@ struct Spent {
     lookup: Duration,
     /// Store commits with their fsyncs.
     commit: Duration,
-    /// The alarm-state file replaced.
+    /// The alarm-state file, after the commit: the rest of its writing (it is written while
+    /// the commit is made durable), then putting it in place.
     state_file: Duration,
 }
 
@@ -231,7 +232,7 @@ impl Spent {
         }
         let us = |d: Duration| d.as_micros() as u64;
         tracing::debug!(
-            target: "keypad_bridge::timing",
+            target: crate::config::TIMING_TARGET,
             queued_us = us(self.queued),
             argon2_us = us(self.argon2),
             lookup_us = us(self.lookup),
@@ -298,7 +299,7 @@ impl Daemon {
                 received,
             } => {
                 if self.keypads.contains_key(&topic)
-                    && tracing::enabled!(target: "keypad_bridge::timing", tracing::Level::DEBUG)
+                    && tracing::enabled!(target: crate::config::TIMING_TARGET, tracing::Level::DEBUG)
                 {
                     self.spent = Some(Spent {
                         received,
@@ -449,14 +450,33 @@ impl Daemon {
     }
 
     /// Durable before acknowledged: the commit, the alarm-state file, then the reply, the
-    /// events and the other publishes.
+    /// events and the other publishes. The new alarm-state file is written and fsync'd while
+    /// the commit is made durable, and put in place only once the commit is.
     async fn carry_out(&mut self, mut decision: Decision) {
         let change = std::mem::take(&mut decision.change);
         let must_commit = decision.must_commit;
-        match self.commit(change).await {
+        let staging = decision.save_state.then(|| {
+            let saved = self.panel.saved();
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.stage_alarm(&saved))
+        });
+        let committed = self.commit(change).await;
+        let started = Instant::now();
+        // Awaited whatever the commit did: one staging of the file at a time.
+        let staged = match staging {
+            Some(task) => Some(match task.await {
+                Ok(staged) => staged,
+                Err(e) => Err(StoreError::Task(e.to_string())),
+            }),
+            None => None,
+        };
+        match committed {
             Ok(()) => {}
             Err(e) if must_commit => {
                 tracing::error!(error = %e, "cannot record a change of the alarm: refused");
+                if let Some(Ok(staged)) = staged {
+                    staged.discard();
+                }
                 let refusal = self.panel.store_failed(decision, Instant::now());
                 self.outbox.extend(refusal.reply);
                 return;
@@ -464,15 +484,17 @@ impl Daemon {
             // What happened already (a refusal, a delay that ran out) is still told.
             Err(_) => {}
         }
-        if decision.save_state {
+        if let Some(staged) = staged {
             if self.publisher.is_connected() {
                 let line = self.status_line();
                 self.systemd.status(line);
             }
-            let saved = self.panel.saved();
             let store = self.store.clone();
-            let started = Instant::now();
-            if let Err(e) = blocking(move || store.save_alarm(&saved)).await {
+            let installed = match staged {
+                Ok(staged) => blocking(move || store.install_alarm(staged)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = installed {
                 tracing::error!(error = %e, "cannot write the alarm-state file (the store keeps the state)");
             }
             if let Some(spent) = &mut self.spent {

@@ -651,8 +651,24 @@ impl Store {
 
     /// Replaces the alarm-state file atomically and durably.
     pub fn save_alarm<T: serde::Serialize>(&self, alarm: &T) -> Result<(), StoreError> {
+        let staged = self.stage_alarm(alarm)?;
+        self.install_alarm(staged)
+    }
+
+    /// The first half of [`Store::save_alarm`]: the new alarm-state file written and fsync'd
+    /// beside the old one, which it replaces only when [`Store::install_alarm`] is called (so
+    /// it can be written while the commit it follows is made durable). One at a time.
+    pub fn stage_alarm<T: serde::Serialize>(&self, alarm: &T) -> Result<Staged, StoreError> {
         let bytes = serde_json::to_vec_pretty(alarm).unwrap_or_default();
-        write_atomically(&self.alarm_path, &bytes).map_err(|source| StoreError::Io {
+        stage_atomically(&self.alarm_path, &bytes).map_err(|source| StoreError::Io {
+            path: self.alarm_path.clone(),
+            cause: source,
+        })
+    }
+
+    /// The second half of [`Store::save_alarm`]: the staged file put in place, durably.
+    pub fn install_alarm(&self, staged: Staged) -> Result<(), StoreError> {
+        staged.install().map_err(|source| StoreError::Io {
             path: self.alarm_path.clone(),
             cause: source,
         })?;
@@ -1064,23 +1080,50 @@ fn make_private(path: &Path, report: Report) -> Result<(), StoreError> {
 
 /// Writes `bytes` to `path` through a temporary file: fsync, rename, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    stage_atomically(path, bytes)?.install()
+}
+
+/// A file written and fsync'd as `<path>.tmp`, not yet in place: [`Staged::install`] renames
+/// it over `path` and fsyncs the directory; [`Staged::discard`] removes it. Dropped, it stays
+/// where it is, ignored (the next staging of `path` truncates it).
+#[derive(Debug)]
+#[must_use = "a staged file replaces nothing until it is installed"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    pub fn install(self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// For a change that was not made: the file it would have put in place goes.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// The first half of [`write_atomically`]: `<path>.tmp` written and fsync'd, private.
+pub fn stage_atomically(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // `mode` applies only to a new file: a leftover one keeps its own.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // `mode` applies only to a new file: a leftover one keeps its own.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
+    })
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -1275,6 +1318,25 @@ mod tests {
         let replaced = synced.dirs.get(dir.path()).cloned().unwrap();
         assert_eq!(replaced.len(), 3);
         assert_ne!(replaced, listing, "a rename over a name is a change");
+    }
+
+    #[test]
+    fn a_staged_file_replaces_the_old_one_only_once_installed_and_a_discarded_one_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.alarm.json");
+        write_atomically(&path, b"old").unwrap();
+        let staged = stage_atomically(&path, b"new").unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"old",
+            "replaced before it was installed"
+        );
+        staged.install().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        stage_atomically(&path, b"refused").unwrap().discard();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the discarded file stayed");
     }
 
     #[test]
