@@ -96,24 +96,13 @@ fn main() -> anyhow::Result<()> {
     let mut breakdown = Map::new();
     let mut admin = Map::new();
     let mut rss = Map::new();
-    let mut all_argon2 = Vec::new();
-    let mut last_site = None;
+    // Every size's store and daemon first, then the entries and the admin commands taken
+    // in turn, one size after the other: a virtual machine's speed drifts over minutes (one
+    // Argon2id here took 32 ms in one minute and 41 in another), and the goals compare the
+    // sizes with each other and with the Argon2 of the same minutes.
+    let mut sites = Vec::new();
     for (run, &size) in plan.sizes.iter().enumerate() {
         let mut site = Site::build(root.path(), run, size, broker.port)?;
-        // 2. One lookup key with the store's parameters, in this (release) process, taken
-        // between the entries (one after every second entry): a virtual machine's speed
-        // drifts over minutes, and the goal compares the entries with the Argon2 of the same
-        // minutes. Timed up to the key, as the daemon's own figure is: the wipe of the
-        // working memory comes after (`LookupKeyer::key_then`).
-        let argon2 = {
-            let store = site.open()?;
-            let code = Code::parse(&site.codes[0], 4, 12).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Argon2Probe {
-                keyer: store.keyer().clone(),
-                code,
-                samples: Vec::new(),
-            }
-        };
         let whole = site.whole_roster_cost(plan.commit)?;
         table.push(format!(
             "whole roster {size:>5}  {} bytes, read and serialised in {} us (off the loop, at most \
@@ -121,25 +110,51 @@ fn main() -> anyhow::Result<()> {
             whole.bytes, whole.us
         ));
         site.write_config(&format!("kbb{run}"), 1_000_000, 10, 1)?;
-        let mut daemon = Daemon::start(&daemon_bin, &site, &probe)?;
+        sites.push(site);
+    }
+    // 2. One lookup key with the store's parameters, in this (release) process, after every
+    // second round of entries. Timed up to the key, as the daemon's own figure is: the wipe
+    // of the working memory comes after (`LookupKeyer::key_then`).
+    let mut argon2 = {
+        let store = sites[0].open()?;
+        let code = Code::parse(&sites[0].codes[0], 4, 12).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Argon2Probe {
+            keyer: store.keyer().clone(),
+            code,
+            samples: Vec::new(),
+        }
+    };
+    let mut daemons = Vec::new();
+    let mut samplers = Vec::new();
+    for (site, &size) in sites.iter().zip(&plan.sizes) {
+        let daemon = Daemon::start(&daemon_bin, site, &probe)?;
         table.push(format!(
             "announce {size:>5}  whole roster after {} ms, every entry after {} ms",
             daemon.announced.0, daemon.announced.1
         ));
-        let sampler = Sampler::start(daemon.pid());
-        if run == 0 {
+        samplers.push(Sampler::start(daemon.pid()));
+        if daemons.is_empty() {
             std::thread::sleep(Duration::from_millis(500));
             rss.insert("idle".into(), json!(vm(daemon.pid(), "VmRSS:")));
         }
-        // 3. Keypad entries, half right, half wrong.
-        let mut argon2 = Some(argon2);
-        let typed = entries(&probe, &site, plan.entries, argon2.as_mut())?;
-        let argon2 = argon2.context("the Argon2 samples")?;
-        let argon2_us = percentile(&argon2.samples, 50);
-        all_argon2.extend_from_slice(&argon2.samples);
-        table.push(format!(
-            "argon2_us        {size:>5}  p50 {argon2_us:>8}  (between the entries)"
-        ));
+        daemons.push(daemon);
+    }
+    // 3. Keypad entries, half right, half wrong, one size after the other.
+    let mut typed: Vec<Typed> = sites.iter().map(|_| Typed::default()).collect();
+    let mut rng = rand::rng();
+    for i in 0..plan.entries {
+        for (site, typed) in sites.iter().zip(&mut typed) {
+            entry_once(&probe, site, i, &mut rng, typed)?;
+        }
+        if i % 2 == 1 {
+            argon2.sample();
+        }
+    }
+    let argon2_us = percentile(&argon2.samples, 50);
+    table.push(format!(
+        "argon2_us          all  p50 {argon2_us:>8}  (between the entries)"
+    ));
+    for ((typed, daemon), &size) in typed.iter().zip(&mut daemons).zip(&plan.sizes) {
         let (p50, p99) = (percentile(&typed.all, 50), percentile(&typed.all, 99));
         table.push(format!(
             "entry_latency_us {size:>5}  p50 {p50:>8}  p99 {p99:>8}  (right {} wrong {})",
@@ -154,37 +169,57 @@ fn main() -> anyhow::Result<()> {
             rtt.0,
             if p50 <= limit { "met" } else { "missed" }
         ));
-        let parts = entry_breakdown(&daemon.timings(typed.all.len())?, &typed)?;
+        let parts = entry_breakdown(&daemon.timings(typed.all.len())?, typed)?;
         table.push(format!("entry_breakdown_us {size:>5}  {parts}"));
         breakdown.insert(size.to_string(), parts);
-        // 6. Admin: add_user with a code.
-        let adds = admin_latency(&probe, &site, plan.admin)?;
-        let (p50, p99) = (percentile(&adds, 50), percentile(&adds, 99));
+    }
+    if let (Some(first), Some(last)) = (typed.first(), typed.last()) {
+        let ratio = percentile(&last.all, 50) as f64 / percentile(&first.all, 50) as f64;
+        table.push(format!(
+            "flat: p50 at the largest store / at the smallest = {ratio:.2}"
+        ));
+    }
+    // 6. Admin: add_user with a code, one size after the other.
+    let mut adds: Vec<Vec<u64>> = sites.iter().map(|_| Vec::new()).collect();
+    let mut admin_codes = std::collections::HashSet::new();
+    for i in 0..plan.admin {
+        for (site, adds) in sites.iter().zip(&mut adds) {
+            adds.push(admin_once(&probe, site, i, &mut rng, &mut admin_codes)?);
+        }
+    }
+    for (adds, &size) in adds.iter().zip(&plan.sizes) {
+        let (p50, p99) = (percentile(adds, 50), percentile(adds, 99));
         table.push(format!(
             "admin_latency_us {size:>5}  p50 {p50:>8}  p99 {p99:>8}"
         ));
         admin.insert(size.to_string(), json!({"p50": p50, "p99": p99}));
-        if run == 0 {
-            // 5. The maximum while 1000 entries run (one user).
-            let start_max = sampler.max();
-            let typed = entries(&probe, &site, 1000, None)?;
-            let max = sampler.max().max(start_max).max(vm(daemon.pid(), "VmHWM:"));
-            rss.insert("max_1000_entries".into(), json!(max));
-            table.push(format!(
-                "rss during 1000 entries: max {max} KiB (entry p50 {} us)",
-                percentile(&typed.all, 50)
-            ));
+    }
+    // 5. The maximum while 1000 entries run (one user), and with the largest store.
+    {
+        let start_max = samplers[0].max();
+        let mut typed = Typed::default();
+        for i in 0..1000 {
+            entry_once(&probe, &sites[0], i, &mut rng, &mut typed)?;
         }
-        if run + 1 == plan.sizes.len() {
-            let max = sampler.max().max(vm(daemon.pid(), "VmHWM:"));
-            rss.insert("max_largest_store".into(), json!(max));
-        }
+        let pid = daemons[0].pid();
+        let max = samplers[0].max().max(start_max).max(vm(pid, "VmHWM:"));
+        rss.insert("max_1000_entries".into(), json!(max));
+        table.push(format!(
+            "rss during 1000 entries: max {max} KiB (entry p50 {} us)",
+            percentile(&typed.all, 50)
+        ));
+    }
+    let (sampler, daemon) = (
+        samplers.last().context("no size")?,
+        daemons.last().context("no size")?,
+    );
+    let max = sampler.max().max(vm(daemon.pid(), "VmHWM:"));
+    rss.insert("max_largest_store".into(), json!(max));
+    for (sampler, mut daemon) in samplers.into_iter().zip(daemons) {
         sampler.stop();
         daemon.stop()?;
-        last_site = Some(site);
     }
-    let argon2_us = percentile(&all_argon2, 50);
-    table.push(format!("argon2_us          all  p50 {argon2_us:>8}"));
+    let last_site = sites.pop();
     out.insert("argon2_us".into(), json!({"p50": argon2_us}));
     out.insert("entry_latency_us".into(), Value::Object(entry));
     out.insert("entry_breakdown_us".into(), Value::Object(breakdown));
@@ -948,6 +983,7 @@ impl Sampler {
 }
 
 /// Entries typed, in order: latencies in µs, and whether each was a right code.
+#[derive(Default)]
 struct Typed {
     all: Vec<u64>,
     right: Vec<u64>,
@@ -955,86 +991,77 @@ struct Typed {
     good: Vec<bool>,
 }
 
-/// `n` entries on keypad kp0, right and wrong in turn, one at a time; with `argon2`, one lookup
-/// key computed here after every second entry.
-fn entries(
+/// Entry `i` on the site's keypad kp0: a right code when `i` is even, else a wrong one.
+fn entry_once(
     probe: &Probe,
     site: &Site,
-    n: usize,
-    mut argon2: Option<&mut Argon2Probe>,
-) -> anyhow::Result<Typed> {
-    let mut rng = rand::rng();
+    i: usize,
+    rng: &mut impl Rng,
+    typed: &mut Typed,
+) -> anyhow::Result<()> {
     let reply = site.topic("keypad/kp0/result");
-    let mut typed = Typed {
-        all: Vec::new(),
-        right: Vec::new(),
-        wrong: Vec::new(),
-        good: Vec::new(),
+    let good = i.is_multiple_of(2);
+    let code = if good {
+        site.codes[(i / 2) % site.codes.len()].clone()
+    } else {
+        site.wrong_code(rng)
     };
-    for i in 0..n {
-        let good = i % 2 == 0;
-        let code = if good {
-            site.codes[(i / 2) % site.codes.len()].clone()
-        } else {
-            site.wrong_code(&mut rng)
-        };
-        let payload = json!({"code": code}).to_string();
-        let start = Instant::now();
-        probe.publish(&site.keypad_topic(0), payload)?;
-        let msg = probe
-            .wait(|m| m.topic == reply, WAIT)
-            .context("no reply from the keypad")?;
-        let us = msg.at.duration_since(start).as_micros() as u64;
-        let result = msg.json()["result"].as_str().unwrap_or("").to_owned();
-        let expected = if good { "accepted" } else { "invalid_code" };
-        if result != expected {
-            bail!("entry {i}: expected {expected}, got {result:?}");
-        }
-        typed.all.push(us);
-        typed.good.push(good);
-        if good {
-            &mut typed.right
-        } else {
-            &mut typed.wrong
-        }
-        .push(us);
-        if let Some(argon2) = argon2.as_deref_mut().filter(|_| !good) {
-            argon2.sample();
-        }
+    let payload = json!({"code": code}).to_string();
+    let start = Instant::now();
+    probe.publish(&site.keypad_topic(0), payload)?;
+    let msg = probe
+        .wait(|m| m.topic == reply, WAIT)
+        .context("no reply from the keypad")?;
+    let us = msg.at.duration_since(start).as_micros() as u64;
+    let result = msg.json()["result"].as_str().unwrap_or("").to_owned();
+    let expected = if good { "accepted" } else { "invalid_code" };
+    if result != expected {
+        bail!(
+            "{} entry {i}: expected {expected}, got {result:?}",
+            site.base
+        );
     }
-    Ok(typed)
+    typed.all.push(us);
+    typed.good.push(good);
+    if good {
+        &mut typed.right
+    } else {
+        &mut typed.wrong
+    }
+    .push(us);
+    Ok(())
 }
 
-/// `n` add_user commands with a code, one at a time; latencies in µs.
-fn admin_latency(probe: &Probe, site: &Site, n: usize) -> anyhow::Result<Vec<u64>> {
-    let mut rng = rand::rng();
+/// One add_user with a new code (`codes`: those given so far) on the site; its latency in µs.
+fn admin_once(
+    probe: &Probe,
+    site: &Site,
+    i: usize,
+    rng: &mut impl Rng,
+    codes: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<u64> {
     let result_topic = site.topic("config/result");
-    let mut samples = Vec::new();
-    let mut codes = std::collections::HashSet::new();
-    for i in 0..n {
-        let code = loop {
-            let c = site.wrong_code(&mut rng);
-            if codes.insert(c.clone()) {
-                break c;
-            }
-        };
-        let id = format!("{}-add-{i}", site.base);
-        let command = json!({"id": id, "auth": site.codes[0], "command": "add_user",
-                             "name": format!("{}-added-{i}", site.base), "code": code});
-        let start = Instant::now();
-        probe.publish(&site.topic("config/set"), command.to_string())?;
-        let msg = probe
-            .wait(
-                |m| m.topic == result_topic && m.json()["id"] == id.as_str(),
-                WAIT,
-            )
-            .context("no result for add_user")?;
-        samples.push(msg.at.duration_since(start).as_micros() as u64);
-        if msg.json()["ok"] != true {
-            bail!("add_user failed: {}", msg.json()["error"]);
+    let code = loop {
+        let c = site.wrong_code(rng);
+        if codes.insert(c.clone()) {
+            break c;
         }
+    };
+    let id = format!("{}-add-{i}", site.base);
+    let command = json!({"id": id, "auth": site.codes[0], "command": "add_user",
+                         "name": format!("{}-added-{i}", site.base), "code": code});
+    let start = Instant::now();
+    probe.publish(&site.topic("config/set"), command.to_string())?;
+    let msg = probe
+        .wait(
+            |m| m.topic == result_topic && m.json()["id"] == id.as_str(),
+            WAIT,
+        )
+        .context("no result for add_user")?;
+    if msg.json()["ok"] != true {
+        bail!("add_user failed: {}", msg.json()["error"]);
     }
-    Ok(samples)
+    Ok(msg.at.duration_since(start).as_micros() as u64)
 }
 
 /// 10 keypads × 100 entries as fast as possible, right and wrong mixed, an add_user every

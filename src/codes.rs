@@ -221,7 +221,7 @@ impl LookupKeyer {
         )?;
         // Validate the combination once, so that `key` cannot fail later.
         Argon2::new_with_secret(secret, Algorithm::Argon2id, Version::V0x13, params.clone())?;
-        let memory = vec![Block::new(); params.block_count()];
+        let memory = working_memory(params.block_count());
         Ok(LookupKeyer {
             secret: secret.into(),
             salt: salt.into(),
@@ -294,6 +294,36 @@ impl LookupKeyer {
     pub fn computations(&self) -> u64 {
         self.computations.load(Ordering::Relaxed)
     }
+}
+
+/// The Argon2 working memory, `blocks` KiB. On Linux it asks for transparent huge pages
+/// before the memory is first touched: Argon2 reads it at random, and with 2 MiB pages most
+/// of those reads no longer miss the TLB (one computation took 10–12% less here; where the
+/// kernel's setting is `never`, nothing changes).
+fn working_memory(blocks: usize) -> Vec<Block> {
+    let mut memory: Vec<Block> = Vec::with_capacity(blocks);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // The allocation is megabytes: glibc maps it on its own, untouched so far. The advice
+        // covers the whole pages inside it.
+        let start = memory.as_mut_ptr() as usize;
+        let end = start + blocks * std::mem::size_of::<Block>();
+        let page = 4096;
+        let aligned = start.div_ceil(page) * page;
+        if end > aligned {
+            // SAFETY: the range lies inside this vector's allocation; MADV_HUGEPAGE only
+            // advises how it is backed and changes no content.
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    memory.resize(blocks, Block::new());
+    memory
 }
 
 /// The locked working memory, wiped when dropped (before the lock is released).
