@@ -853,16 +853,22 @@ impl Daemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Every entry the daemon timed since the last call (each timed entry cost one Argon2).
-    fn timed_since(&mut self) -> anyhow::Result<Vec<Timing>> {
+    /// The entries the daemon timed that were not returned yet, as its log has them now.
+    fn untaken(&self) -> anyhow::Result<Vec<Timing>> {
         let log = std::fs::read_to_string(&self.log)?;
-        let lines: Vec<&str> = log
+        Ok(log
             .lines()
             .filter(|l| l.contains("keypad_bridge::timing"))
             .skip(self.timed)
-            .collect();
-        self.timed += lines.len();
-        Ok(lines.iter().filter_map(|l| Timing::parse(l)).collect())
+            .filter_map(Timing::parse)
+            .collect())
+    }
+
+    /// Every entry the daemon timed since the last call (each timed entry cost one Argon2).
+    fn timed_since(&mut self) -> anyhow::Result<Vec<Timing>> {
+        let timings = self.untaken()?;
+        self.timed += timings.len();
+        Ok(timings)
     }
 
     /// The next `n` entries the daemon timed (it logs each once its reply is handed to its
@@ -870,19 +876,10 @@ impl Daemon {
     fn timings(&mut self, n: usize) -> anyhow::Result<Vec<Timing>> {
         let start = Instant::now();
         loop {
-            let log = std::fs::read_to_string(&self.log)?;
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("keypad_bridge::timing"))
-                .skip(self.timed)
-                .collect();
-            if lines.len() >= n || start.elapsed() > Duration::from_secs(2) {
-                let timings: Vec<Timing> = lines
-                    .iter()
-                    .take(n)
-                    .filter_map(|l| Timing::parse(l))
-                    .collect();
-                self.timed += lines.len().min(n);
+            let mut timings = self.untaken()?;
+            if timings.len() >= n || start.elapsed() > Duration::from_secs(2) {
+                timings.truncate(n);
+                self.timed += timings.len();
                 return Ok(timings);
             }
             std::thread::sleep(Duration::from_millis(20));
