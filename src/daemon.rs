@@ -208,8 +208,8 @@ struct Daemon {
 }
 
 /// Where one keypad entry's time went, logged at debug level on the target
-/// `keypad_bridge::timing` (the benchmark reads it): durations only, never a code, its
-/// length or whose it was.
+/// `keypad_bridge::timing`, which is off unless named (the benchmark names it): durations
+/// only, never a code, its length or whose it was.
 struct Spent {
     /// When the MQTT task read the message.
     received: Instant,
