@@ -226,6 +226,19 @@ struct Spent {
 }
 
 impl Spent {
+    /// For a keypad message read at `received`, when the timings are logged at all.
+    fn starting(received: Instant) -> Option<Spent> {
+        let wanted = tracing::enabled!(target: crate::config::TIMING_TARGET, tracing::Level::DEBUG);
+        wanted.then(|| Spent {
+            received,
+            queued: received.elapsed(),
+            argon2: Duration::ZERO,
+            lookup: Duration::ZERO,
+            commit: Duration::ZERO,
+            state_file: Duration::ZERO,
+        })
+    }
+
     fn log(&self) {
         if self.argon2.is_zero() {
             return; // nothing was checked: a refusal from memory or a junk message
@@ -298,20 +311,11 @@ impl Daemon {
                 retain,
                 received,
             } => {
-                if self.keypads.contains_key(&topic)
-                    && tracing::enabled!(target: crate::config::TIMING_TARGET, tracing::Level::DEBUG)
-                {
-                    self.spent = Some(Spent {
-                        received,
-                        queued: received.elapsed(),
-                        argon2: Duration::ZERO,
-                        lookup: Duration::ZERO,
-                        commit: Duration::ZERO,
-                        state_file: Duration::ZERO,
-                    });
+                let keypad = self.keypads.get(&topic).map(|k| Source::keypad(&k.name));
+                if keypad.is_some() {
+                    self.spent = Spent::starting(received);
                 }
-                let source = self.keypads.get(&topic).map(|k| Source::keypad(&k.name));
-                let source = source.or_else(|| self.topics.source_of(&topic));
+                let source = keypad.or_else(|| self.topics.source_of(&topic));
                 let span = tracing::debug_span!("message", topic, source = source.as_deref());
                 let _enter = span.enter();
                 // No byte count: on a plain keypad it is the length of the code.
@@ -458,16 +462,13 @@ impl Daemon {
         let staging = decision.save_state.then(|| {
             let saved = self.panel.saved();
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.stage_alarm(&saved))
+            started_blocking(move || store.stage_alarm(&saved))
         });
         let committed = self.commit(change).await;
         let started = Instant::now();
         // Awaited whatever the commit did: one staging of the file at a time.
         let staged = match staging {
-            Some(task) => Some(match task.await {
-                Ok(staged) => staged,
-                Err(e) => Err(StoreError::Task(e.to_string())),
-            }),
+            Some(task) => Some(task.await),
             None => None,
         };
         match committed {
@@ -656,8 +657,23 @@ where
     T: Send + 'static,
     E: Send + 'static + From<StoreError>,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) => Err(E::from(StoreError::Task(e.to_string()))),
+    started_blocking(f).await
+}
+
+/// [`blocking`], started at once (it runs while the caller does something else) and awaited
+/// later.
+fn started_blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> impl Future<Output = Result<T, E>>
+where
+    T: Send + 'static,
+    E: Send + 'static + From<StoreError>,
+{
+    let task = tokio::task::spawn_blocking(f);
+    async move {
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(E::from(StoreError::Task(e.to_string()))),
+        }
     }
 }

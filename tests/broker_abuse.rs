@@ -98,6 +98,14 @@ fn flood(
     })
 }
 
+/// Stops a flood and says how many messages it sent, which must have been a real flood.
+fn end_flood(stop: &AtomicBool, flooder: std::thread::JoinHandle<usize>) -> usize {
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    assert!(sent > 1000, "the flood was only {sent} messages");
+    sent
+}
+
 /// [`flood`] with the messages `make` gives.
 fn flood_with(
     port: u16,
@@ -172,9 +180,7 @@ fn a_flood_on_the_config_topic_does_not_silence_triggers_or_keypad_entries() {
         w.wait_state("disarmed");
     }
     let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let sent = flooder.join().unwrap();
-    assert!(sent > 1000, "the flood was only {sent} messages");
+    let sent = end_flood(&stop, flooder);
     assert!(
         elapsed < Duration::from_secs(5),
         "the alarm inputs took {elapsed:?} during the flood"
@@ -228,9 +234,7 @@ fn a_panic_flood_on_one_keypad_silences_no_other_keypad_nor_the_owners_commands(
         assert_eq!(listed["ok"], true, "round {round}: {listed}");
     }
     let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let sent = flooder.join().unwrap();
-    assert!(sent > 1000, "the flood was only {sent} messages");
+    let sent = end_flood(&stop, flooder);
     assert!(
         elapsed < Duration::from_secs(5),
         "three disarms and three commands took {elapsed:?} during the flood"
