@@ -216,6 +216,70 @@ fn after_a_restart_of_the_bridge_or_of_the_broker_the_whole_roster_and_every_ent
     assert_eq!(late.next(&topic).json(), bob);
 }
 
+/// Copies the store's directory (the store and the secret), as an owner's backup does.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn after_a_backup_is_restored_the_entries_of_people_added_since_are_emptied_and_the_others_kept() {
+    let mut w = World::start(|_| {});
+    let bob = w.add_user("Bob", "user", "2468");
+    let bob_topic = own_topic(&w, &bob);
+    // The owner's backup of the store, taken while the bridge is stopped.
+    let data = w.site.dir.path().join("data");
+    let backup = tempfile::tempdir().unwrap();
+    assert!(w.daemon.stop(), "the daemon did not exit cleanly");
+    copy_dir(&data, backup.path());
+    w.probe.drain();
+    w.daemon = w.site.start();
+    w.probe
+        .wait_for(&w.topic("status"), |m| m.text() == "online");
+    let carol = w.add_user("Carol", "user", "1357");
+    let carol_topic = own_topic(&w, &carol);
+    assert_eq!(retained(&w, &carol_topic).unwrap().json(), carol);
+    // And a retained entry under the bridge's topic that was never anyone's.
+    let never = w.topic("config/users/u_beef00");
+    w.probe
+        .publish(&never, r#"{"id":"u_beef00","name":"Mallory"}"#, true);
+    assert!(retained(&w, &never).is_some(), "the broker keeps it");
+
+    // The backup is restored: Carol is not in it.
+    assert!(w.daemon.stop(), "the daemon did not exit cleanly");
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(backup.path(), &data);
+    w.probe.drain();
+    w.daemon = w.site.start();
+    for topic in [&carol_topic, &never] {
+        w.probe.wait_for(topic, |m| m.payload.is_empty());
+        assert!(
+            retained(&w, topic).is_none(),
+            "the broker still keeps {topic}"
+        );
+    }
+    assert_eq!(
+        retained(&w, &bob_topic).unwrap().json(),
+        bob,
+        "Bob, in the backup, keeps his entry"
+    );
+    let roster = w.probe.next(&w.topic("config/users")).json();
+    assert_eq!(roster["users"].as_array().unwrap().len(), 2, "{roster}");
+    let log = w.daemon.log_text();
+    assert!(
+        log.contains("emptying the roster entry of someone the store does not have"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_roster_over_the_brokers_max_packet_size_is_held_back_with_a_warning_and_the_bridge_stays_online(
 ) {
