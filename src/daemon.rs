@@ -31,7 +31,7 @@ use crate::panel::{self, Decision, Panel, Publish, Saved, Step, ALARM_STATE};
 use crate::roster::{self, Roster};
 use crate::store::{Change, Create, Store, StoreError};
 use crate::systemd::Systemd;
-use crate::topics::{Subscription, Topics};
+use crate::topics::Topics;
 
 /// Opens the store named by the config and runs until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -73,11 +73,7 @@ pub async fn run_with_clock(
     let saved = Saved::newest(store.load_alarm(), store.meta(ALARM_STATE)?)?;
     let lockouts = store.meta(crate::lockout::META_KEY)?;
     let panel = Panel::restore(&config, tz, topics.clone(), saved, lockouts, now);
-    // A store error counts as a user: an entry is never emptied on a doubt.
-    let users = store.clone();
-    let lanes = mqtt::Lanes::new(&topics, &config, move |id| {
-        users.has_user(id).unwrap_or(true)
-    });
+    let lanes = mqtt::Lanes::new(&topics, &config);
     let mut systemd = Systemd::from_env();
     systemd.status(crate::systemd::waiting_line(&config));
     let (publisher, mut inbox, task) = mqtt::connect(&config, &topics.status, lanes)?;
@@ -184,7 +180,7 @@ struct Daemon {
     publisher: Publisher,
     panel: Panel,
     /// The filters of the last subscription request, to name any the broker refuses.
-    subscriptions: Vec<Subscription>,
+    subscriptions: Vec<String>,
     /// Keypad topic → keypad.
     keypads: HashMap<String, KeypadConfig>,
     /// Messages to publish once the current input is handled.
@@ -304,7 +300,7 @@ impl Daemon {
                 .status(crate::systemd::waiting_line(&self.config)),
             MqttEvent::Subscribed { refused } => {
                 for i in refused {
-                    let topic = self.subscriptions.get(i).map_or("?", |s| s.filter.as_str());
+                    let topic = self.subscriptions.get(i).map_or("?", String::as_str);
                     tracing::error!(topic, "the broker refused the subscription (check its ACL): messages on it will not be seen");
                 }
                 self.announce().await
@@ -391,8 +387,6 @@ impl Daemon {
                 tracing::info!("Home Assistant is online: publishing discovery");
                 self.queue_discovery();
             }
-        } else if let Some(id) = self.topics.entry_id(topic) {
-            self.empty_stale_entry(topic, id, retain);
         } else if let Some(status) = self.panel.bridge_state(topic, payload, at, mono) {
             self.outbox.extend(status);
         } else if let Some(keypad) = self.keypads.get(topic).cloned() {
@@ -400,24 +394,6 @@ impl Daemon {
                 .panel
                 .keypad_message(&keypad, payload, retain, at, mono);
             self.step(step, at).await;
-        }
-    }
-
-    /// A retained roster entry the broker sent on subscribing, of someone the store does not
-    /// have (checked again here, after any change made since it arrived): a person added after
-    /// the backup the store was restored from, say. Emptied, so that the broker forgets them.
-    fn empty_stale_entry(&mut self, topic: &str, id: &str, retain: bool) {
-        match self.store.has_user(id) {
-            Ok(false) if retain => {
-                tracing::info!(
-                    topic,
-                    "emptying the roster entry of someone the store does not have (a store \
-                     restored from a backup?)"
-                );
-                self.push(topic, Vec::new(), true);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(topic, error = %e, "cannot read the store: entry kept"),
         }
     }
 

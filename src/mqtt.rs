@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::topics::{Subscription, Topics};
+use crate::topics::Topics;
 
 /// The password is read where the connection is built, not by the checker.
 impl Config {
@@ -84,9 +84,6 @@ const ALARM_LANE: (usize, usize) = (256, 4 * 1024);
 const KEYPAD_LANE: (usize, usize) = (256, 4 * 1024);
 const STATUS_LANE: (usize, usize) = (64, 4 * 1024);
 const ADMIN_LANE: (usize, usize) = (64, KEPT_PAYLOAD);
-/// Stale roster entries: only the topic is kept. Most are sorted out before they are queued
-/// (the entries of the store's own users, and anything not sent on subscribing).
-const STALE_LANE: (usize, usize) = (64, 0);
 
 /// Payloads larger than this are published with QoS 0 (see the module docs): only the whole
 /// roster and long command results (`list_users`, `activity`) are that large.
@@ -190,21 +187,14 @@ impl Publisher {
         }
     }
 
-    pub async fn subscribe(&self, subscriptions: &[Subscription]) {
+    pub async fn subscribe(&self, topics: &[String]) {
         // Retain As Published stays off, so the retain flag tells a retained message sent on
         // subscribing from a live one. No Local: the bridge's own publishes (clearing a
         // retained command on `B/config/set` or `B/alarm/set`) do not come back to it, where
         // they took places in the lanes meant for what others send.
-        let filters = subscriptions.iter().map(|s| {
-            let qos = if s.qos0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            Filter {
-                nolocal: true,
-                ..Filter::new(s.filter.clone(), qos)
-            }
+        let filters = topics.iter().map(|t| Filter {
+            nolocal: true,
+            ..Filter::new(t.clone(), QoS::AtLeastOnce)
         });
         if let Err(e) = self.client.subscribe_many(filters).await {
             tracing::warn!("cannot queue the subscriptions: {e}");
@@ -268,9 +258,8 @@ pub struct Inbox {
     /// `B/alarm/set`: Home Assistant's panel and its automations' TRIGGER.
     pub alarm: mpsc::Receiver<MqttEvent>,
     /// One lane per keypad, then the status lane (Home Assistant's and Zigbee2MQTT's, and
-    /// any other topic), then `B/config/set`, then the stale roster entries: taken in turn,
-    /// so that a flood on one of them (a keypad's topic, say) delays the others by one message
-    /// at a time, never silences them.
+    /// any other topic), then `B/config/set`: taken in turn, so that a flood on one of them
+    /// (a keypad's topic, say) delays the others by one message at a time, never silences them.
     pub others: Vec<mpsc::Receiver<MqttEvent>>,
     /// Which of `others` has the next turn.
     turn: usize,
@@ -311,41 +300,19 @@ async fn in_turn(lanes: &mut [mpsc::Receiver<MqttEvent>], turn: &mut usize) -> O
 }
 
 /// Which topics go to which lane of the [`Inbox`]; any other topic goes to the status lane.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Lanes {
     pub alarm: String,
     pub config: String,
     pub status: Vec<String>,
     /// Each keypad's topic, each with a lane of its own.
     pub keypads: Vec<String>,
-    /// For the roster entries' topics, `B/config/users/<id>` (DESIGN 10e).
-    topics: Topics,
-    /// Whether the id of a roster entry is one of the store's users. The retained entry
-    /// of anyone else (a person added after the backup the store was restored from) goes to
-    /// the daemon, which empties it.
-    pub known: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-}
-
-impl std::fmt::Debug for Lanes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lanes")
-            .field("alarm", &self.alarm)
-            .field("config", &self.config)
-            .field("status", &self.status)
-            .field("keypads", &self.keypads)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Lanes {
-    /// `B/alarm/set`, `B/config/set`, the status topics (Home Assistant's and each
-    /// Zigbee2MQTT bridge's state), the keypads, and the roster entries of the users `known`
-    /// does not know.
-    pub fn new(
-        topics: &Topics,
-        config: &Config,
-        known: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> Lanes {
+    /// `B/alarm/set`, `B/config/set`, and the status topics: Home Assistant's and each
+    /// Zigbee2MQTT bridge's state. Anything else is a keypad.
+    pub fn new(topics: &Topics, config: &Config) -> Lanes {
         Lanes {
             alarm: topics.alarm_set.clone(),
             config: topics.config_set.clone(),
@@ -353,17 +320,7 @@ impl Lanes {
                 .chain(Topics::zigbee2mqtt_bridges(&config.keypads))
                 .collect(),
             keypads: config.keypads.iter().map(|k| k.topic.clone()).collect(),
-            topics: topics.clone(),
-            known: Arc::new(known),
         }
-    }
-
-    /// For a message on a roster entry's topic, whether it is stale: a retained entry sent
-    /// on subscribing, of someone the store does not have. (Any other message there is
-    /// ignored: the bridge's own publishes do not come back to it, see [`Publisher::subscribe`].)
-    fn stale_entry(&self, topic: &str, payload: &[u8], retain: bool) -> Option<bool> {
-        let id = self.topics.entry_id(topic)?;
-        Some(retain && !payload.is_empty() && !(self.known)(id))
     }
 }
 
@@ -431,8 +388,7 @@ pub fn connect(
     }
     let (status_tx, status) = mpsc::channel(STATUS_LANE.0);
     let (admin_tx, admin) = mpsc::channel(ADMIN_LANE.0);
-    let (stale_tx, stale) = mpsc::channel(STALE_LANE.0);
-    others.extend([status, admin, stale]);
+    others.extend([status, admin]);
     let closing = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicBool::new(false));
     let max_packet = Arc::new(AtomicU32::new(0));
@@ -448,14 +404,6 @@ pub fn connect(
             Drops::new("Home Assistant's and Zigbee2MQTT's status", STATUS_LANE),
         ),
         admin: (admin_tx, Drops::new("code-management commands", ADMIN_LANE)),
-        stale: (
-            stale_tx,
-            Drops::new(
-                "the roster entries of people the store does not have (to be emptied; the \
-                 rest at the next connection)",
-                STALE_LANE,
-            ),
-        ),
     };
     let task = tokio::spawn(drive(
         eventloop,
@@ -504,19 +452,12 @@ struct Queues {
     keypads: Vec<(String, mpsc::Sender<MqttEvent>, Drops)>,
     status: (mpsc::Sender<MqttEvent>, Drops),
     admin: (mpsc::Sender<MqttEvent>, Drops),
-    stale: (mpsc::Sender<MqttEvent>, Drops),
 }
 
 impl Queues {
     fn push(&mut self, topic: String, payload: &[u8], retain: bool) {
-        let stale = self.lanes.stale_entry(&topic, payload, retain);
-        if stale == Some(false) {
-            return;
-        }
         let keypad = self.keypads.iter_mut().find(|(t, _, _)| *t == topic);
-        let (queue, drops) = if stale == Some(true) {
-            (&mut self.stale.0, &mut self.stale.1)
-        } else if topic == self.lanes.config {
+        let (queue, drops) = if topic == self.lanes.config {
             (&mut self.admin.0, &mut self.admin.1)
         } else if topic == self.lanes.alarm {
             (&mut self.alarm.0, &mut self.alarm.1)
@@ -804,37 +745,5 @@ mod tests {
         assert_eq!(d.due(now + 10 * S), Some(1000));
         assert_eq!(d.due(now + 30 * S), None, "each drop is reported once");
         assert_eq!(d.dropped(now + 31 * S), Some(1));
-    }
-
-    #[test]
-    fn only_a_retained_entry_of_someone_the_store_does_not_have_is_stale() {
-        let config = Config::default();
-        let topics = Topics::new(&config);
-        let lanes = Lanes::new(&topics, &config, |id| id == "u_00000a");
-        let entry = |id: &str| topics.config_user(id);
-        let stale = |topic: &str, payload: &[u8], retain| lanes.stale_entry(topic, payload, retain);
-        assert_eq!(stale(&entry("u_00000b"), b"{}", true), Some(true));
-        assert_eq!(
-            stale(&entry("u_00000a"), b"{}", true),
-            Some(false),
-            "a user's own"
-        );
-        assert_eq!(
-            stale(&entry("u_00000b"), b"{}", false),
-            Some(false),
-            "published while subscribed, not kept by the broker from before"
-        );
-        assert_eq!(stale(&entry("u_00000b"), b"", true), Some(false));
-        assert_eq!(
-            stale(&topics.config_users, b"{}", true),
-            None,
-            "the whole roster"
-        );
-        assert_eq!(stale(&topics.config_set, b"{}", true), None);
-        assert_eq!(
-            stale(&entry("a/b"), b"{}", true),
-            None,
-            "not an entry's topic"
-        );
     }
 }

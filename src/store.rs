@@ -404,11 +404,6 @@ impl Store {
         Ok(self.codes.contains_key(key.0)?)
     }
 
-    /// Whether a user has this id (nothing is decoded).
-    pub fn has_user(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.users.contains_key(id)?)
-    }
-
     pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         match self.users.get(id)? {
             Some(bytes) => Ok(Some(self.decode_user(&bytes)?)),

@@ -22,17 +22,6 @@ pub struct Topics {
     ha_prefix: String,
 }
 
-/// A topic filter the daemon subscribes to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Subscription {
-    pub filter: String,
-    /// At most once (QoS 0), for the roster entries: the broker sends those retained on
-    /// subscribing without a queue limit, where mosquitto keeps at most 1000 QoS 1 messages
-    /// waiting for a client (`max_queued_messages`) and drops the rest (measured: 1020 of
-    /// 10000 arrive at QoS 1, all at QoS 0).
-    pub qos0: bool,
-}
-
 impl Topics {
     pub fn new(config: &Config) -> Topics {
         let b = config.mqtt.base_topic.as_str();
@@ -94,35 +83,15 @@ impl Topics {
     }
 
     /// Every topic the daemon subscribes to: the commands, Home Assistant's status (with
-    /// discovery on), the keypads, the Zigbee2MQTT bridges' states, and the roster entries
-    /// (for those of people the store does not have, to empty them).
-    pub fn subscriptions(&self, config: &Config) -> Vec<Subscription> {
+    /// discovery on), the keypads and the Zigbee2MQTT bridges' states.
+    pub fn subscriptions(&self, config: &Config) -> Vec<String> {
         let mut topics = vec![self.alarm_set.clone(), self.config_set.clone()];
         if config.homeassistant.discovery {
             topics.push(self.ha_status.clone());
         }
         topics.extend(config.keypads.iter().map(|k| k.topic.clone()));
         topics.extend(Topics::zigbee2mqtt_bridges(&config.keypads));
-        let mut subscriptions: Vec<Subscription> = topics
-            .into_iter()
-            .map(|filter| Subscription {
-                filter,
-                qos0: false,
-            })
-            .collect();
-        subscriptions.push(Subscription {
-            filter: self.config_user("+"),
-            qos0: true,
-        });
-        subscriptions
-    }
-
-    /// The id in a roster entry's topic, `B/config/users/<id>`.
-    pub fn entry_id<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        topic
-            .strip_prefix(self.config_users.as_str())?
-            .strip_prefix('/')
-            .filter(|id| !id.is_empty() && !id.contains('/'))
+        topics
     }
 
     /// What a topic the bridge publishes to or reads for another purpose than keypads is, in
