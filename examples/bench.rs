@@ -238,9 +238,11 @@ fn main() -> anyhow::Result<()> {
 
     // The largest store again, built over MQTT.
     let size = *plan.sizes.last().context("no store size")?;
-    let (line, max_rss) = build_over_mqtt(&daemon_bin, &probe, root.path(), size, broker.port)?;
+    let (line, max_rss, restarted) =
+        build_over_mqtt(&daemon_bin, &probe, root.path(), size, broker.port)?;
     table.push(line);
     rss.insert("max_build_over_mqtt".into(), json!(max_rss));
+    rss.insert("max_restart_built_over_mqtt".into(), json!(restarted));
     out.insert("rss_kib".into(), Value::Object(rss.clone()));
     out.insert("burst".into(), burst);
     drop(probe);
@@ -1151,14 +1153,16 @@ fn burst(
 /// A store of `size` users built over MQTT: the master offline (the first code is the seed),
 /// then `size - 1` `add_user` commands without codes (codes are rationed), with
 /// `admin.trust_broker` (no `auth` to hash) and up to 16 in flight (the daemon's queue for
-/// `B/config/set` holds 64 messages). Returns a line for the table and the daemon's peak RSS in KiB.
+/// `B/config/set` holds 64 messages). Then the daemon is restarted on that store, with every
+/// entry retained on the broker, and left 3 s after it published them all again. Returns a
+/// line for the table and the daemon's peak RSS in KiB while building and after the restart.
 fn build_over_mqtt(
     bin: &Path,
     probe: &Probe,
     root: &Path,
     size: usize,
     port: u16,
-) -> anyhow::Result<(String, u64)> {
+) -> anyhow::Result<(String, u64, u64)> {
     let mut site = Site::build(root, 99, 1, port)?;
     site.trust_broker = true;
     site.write_config("kbbmqtt", 4, 600, 1)?;
@@ -1196,6 +1200,11 @@ fn build_over_mqtt(
     let max_rss = sampler.max().max(vm(daemon.pid(), "VmHWM:"));
     sampler.stop();
     daemon.stop()?;
+    let mut daemon = Daemon::start(bin, &site, probe)?;
+    std::thread::sleep(Duration::from_secs(3));
+    // VmHWM: the peak since the process started, its connection included.
+    let restarted = vm(daemon.pid(), "VmHWM:");
+    daemon.stop()?;
     let per_add = |i: usize| (marks[i] - marks[i - 1]).as_secs_f64() * 1000.0 / chunk as f64;
     let line = if marks.len() > 2 {
         format!(
@@ -1211,8 +1220,9 @@ fn build_over_mqtt(
             total.as_secs_f64()
         )
     };
+    let line = format!("{line}; restarted on it: max RSS {restarted} KiB");
     println!("{line}");
-    Ok((line, max_rss))
+    Ok((line, max_rss, restarted))
 }
 
 /// The peers' design: a wrong code verified against `n` per-user Argon2id PHC hashes in turn
