@@ -74,18 +74,10 @@ fn a_system_clock_behind_the_stores_last_write_is_not_trusted_and_an_expired_cod
         log.contains("before the store's last write") && log.contains("not trusting it"),
         "{log}"
     );
-    assert!(!holds(&log, "2468") && !holds(&log, "1234"), "{log}");
-}
-
-/// Whether `log` holds `code` as a number of its own: the log's times have microseconds, in
-/// which four digits such as 1234 turn up by chance.
-fn holds(log: &str, code: &str) -> bool {
-    let bytes = log.as_bytes();
-    log.match_indices(code).any(|(i, _)| {
-        let before = i > 0 && bytes[i - 1].is_ascii_digit();
-        let after = bytes.get(i + code.len()).is_some_and(u8::is_ascii_digit);
-        !before && !after
-    })
+    assert!(
+        !holds_number(&log, "2468") && !holds_number(&log, "1234"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -750,3 +750,15 @@ impl InProcess {
         self.runtime.block_on(self.daemon).unwrap().unwrap();
     }
 }
+
+/// Whether `text` holds `number` as a number of its own, not inside a longer one: the log's
+/// times have microseconds and the payloads' times fractions of a second, in which four or
+/// five digits such as 1234 turn up by chance (a clean-clone CI run failed on it once).
+pub fn holds_number(text: &str, number: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices(number).any(|(i, _)| {
+        let before = i > 0 && bytes[i - 1].is_ascii_digit();
+        let after = bytes.get(i + number.len()).is_some_and(u8::is_ascii_digit);
+        !before && !after
+    })
+}
