@@ -714,30 +714,28 @@ impl Store {
         self.trim_applied()
     }
 
-    /// Forgets the oldest applied ids beyond the bound. Ids kept by a store from before the
-    /// bound (no `applied_next`, no place in `applied_order`) are given places first, oldest
-    /// in key order: the only case where the trees are read whole, once.
+    /// Forgets the oldest applied ids beyond the bound, each with its place, in one
+    /// transaction. Ids kept by a store from before the bound (no `applied_next`, no place in
+    /// `applied_order`) are given places first, oldest in key order; so are the ids of a store
+    /// whose count cannot be read (a value of the wrong size): the only cases where the trees
+    /// are read whole.
     ///
     /// Otherwise counted without reading them: sled keeps every page it reads in memory
     /// whatever its cache size, and reading 10000 applied ids at each start cost 7 MiB
     /// (issue 11). `applied_order` holds every place from its first key up to `applied_next`:
     /// a commit adds the next one and forgets the one `max` before it, a trim forgets from the
-    /// first, a reindex numbers from 0, each in that order. An interrupted trim (an id forgotten
-    /// before its place) leaves a place for nothing, which costs nothing.
+    /// first, a reindex numbers from 0. A place whose id is gone (left at the front by an
+    /// interrupted trim of an earlier version, which forgot the id first) is dropped here, so
+    /// that a later commit of that id is not forgotten with it.
     fn trim_applied(&self) -> Result<(), StoreError> {
-        let next = match self.meta.get(APPLIED_NEXT)? {
-            Some(next) => read_u64(&next),
-            None if self.applied.first()?.is_none() => return Ok(()),
+        self.drop_dangling_places()?;
+        let held = match self.applied_held()? {
+            Some(held) => held,
             None => {
                 self.reindex_applied()?;
-                self.meta.get(APPLIED_NEXT)?.map_or(0, |v| read_u64(&v))
+                self.applied_held()?.unwrap_or(0)
             }
         };
-        let first = match self.applied_order.first()? {
-            Some((n, _)) => read_u64(&n),
-            None => return Ok(()),
-        };
-        let held = next.saturating_sub(first);
         let excess = usize::try_from(held.saturating_sub(self.max_applied)).unwrap_or(usize::MAX);
         if excess == 0 {
             return Ok(());
@@ -747,11 +745,50 @@ impl Store {
             .iter()
             .take(excess)
             .collect::<Result<Vec<_>, _>>()?;
-        for (n, id) in oldest {
-            self.applied.remove(id)?;
-            self.applied_order.remove(n)?;
+        let result = (&self.applied, &self.applied_order).transaction(|(tapp, torder)| {
+            for (n, id) in &oldest {
+                tapp.remove(id)?;
+                torder.remove(n)?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
         self.make_durable()
+    }
+
+    /// How many places `applied_order` holds, from `applied_next` and its first key; `None`
+    /// when that cannot tell: ids kept without `applied_next`, or a value of the wrong size.
+    fn applied_held(&self) -> Result<Option<u64>, StoreError> {
+        let Some(next) = self.meta.get(APPLIED_NEXT)? else {
+            return Ok(self.applied.first()?.is_none().then_some(0));
+        };
+        let Some((first, _)) = self.applied_order.first()? else {
+            return Ok(Some(0));
+        };
+        Ok(match (exact_u64(&next), exact_u64(&first)) {
+            (Some(next), Some(first)) if first <= next => Some(next - first),
+            _ => None,
+        })
+    }
+
+    /// Drops the places at the front of `applied_order` whose id is no longer kept.
+    fn drop_dangling_places(&self) -> Result<(), StoreError> {
+        let mut dropped = false;
+        while let Some((n, id)) = self.applied_order.first()? {
+            if self.applied.contains_key(&id)? {
+                break;
+            }
+            self.applied_order.remove(n)?;
+            dropped = true;
+        }
+        if dropped {
+            self.make_durable()?;
+        }
+        Ok(())
     }
 
     /// Rebuilds `applied_order` from `applied`: ids without a place first, then the others
@@ -1264,6 +1301,11 @@ fn parse_time(bytes: &[u8]) -> Option<jiff::Timestamp> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
+/// A big-endian u64 of exactly eight bytes.
+fn exact_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
 fn read_u64(bytes: &[u8]) -> u64 {
     bytes
         .try_into()
@@ -1478,7 +1520,7 @@ mod tests {
         for i in 0..8 {
             apply(&store, &format!("c{i}"));
         }
-        // An interrupted trim: c0 forgotten, its place left behind.
+        // An interrupted trim of an earlier version: c0 forgotten, its place left behind.
         store.applied.remove("c0").unwrap();
         store.set_max_applied(5).unwrap();
         let kept: Vec<bool> = (0..8)
@@ -1491,6 +1533,39 @@ mod tests {
         let store = open(dir.path());
         assert!(store.applied("c3").unwrap().is_some());
         assert_eq!(store.applied.len(), 5);
+    }
+
+    #[test]
+    fn a_place_left_by_an_interrupted_trim_does_not_take_its_id_along_when_it_is_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        for i in 0..8 {
+            apply(&store, &format!("c{i}"));
+        }
+        // An earlier version's trim, cut after forgetting c0 and before its place.
+        store.applied.remove("c0").unwrap();
+        store.set_max_applied(8).unwrap();
+        apply(&store, "c0");
+        assert!(store.applied("c0").unwrap().is_some(), "c0 replays");
+        assert_eq!((store.applied.len(), store.applied_order.len()), (8, 8));
+    }
+
+    #[test]
+    fn an_unreadable_count_of_applied_ids_forgets_none_of_them_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..5 {
+            apply(&store, &format!("c{i}"));
+        }
+        store.meta.insert(APPLIED_NEXT, "xyz").unwrap();
+        store.make_durable().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        for i in 0..5 {
+            assert!(store.applied(&format!("c{i}")).unwrap().is_some(), "c{i}");
+        }
+        apply(&store, "c5");
+        assert_eq!((store.applied.len(), store.applied_order.len()), (6, 6));
     }
 
     #[test]
