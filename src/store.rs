@@ -588,14 +588,8 @@ impl Store {
                 tm.insert(WRITTEN_AT, written.to_string().as_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>((events, written))
             });
-        let events = match result {
-            Ok((events, written)) => {
-                self.times().last_write = Some(written);
-                events
-            }
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
-        };
+        let (events, written) = storage_only(result)?;
+        self.times().last_write = Some(written);
         self.make_durable()?;
         Ok(events)
     }
@@ -752,11 +746,7 @@ impl Store {
             }
             Ok::<_, ConflictableTransactionError<()>>(())
         });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
-        }
+        storage_only(result)?;
         self.make_durable()
     }
 
@@ -821,11 +811,7 @@ impl Store {
             tm.insert(APPLIED_NEXT, &next.to_be_bytes())?;
             Ok::<_, ConflictableTransactionError<()>>(())
         });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
-        }
+        storage_only(result)?;
         self.make_durable()
     }
 
@@ -1301,16 +1287,22 @@ fn parse_time(bytes: &[u8]) -> Option<jiff::Timestamp> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
+/// The outcome of a transaction that never aborts: only sled itself can fail it.
+fn storage_only<T>(result: Result<T, TransactionError<()>>) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+        Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+    }
+}
+
 /// A big-endian u64 of exactly eight bytes.
 fn exact_u64(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
-    bytes
-        .try_into()
-        .map(u64::from_be_bytes)
-        .unwrap_or(u64::MAX / 2)
+    exact_u64(bytes).unwrap_or(u64::MAX / 2)
 }
 
 /// Store values hold only strings, numbers and timestamps: serialising them cannot fail.
